@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"github.com/palisade-mesh/palisade/xds"
+)
+
+func runBootstrap(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bootstrap", "bootstrap [flags]",
+		"Writes a bootstrap that points a proxy at palisaded: --kind grpc writes the JSON a\nproxyless gRPC app reads from GRPC_XDS_BOOTSTRAP; --kind envoy writes an Envoy\nsidecar's bootstrap YAML.", stderr)
+	kind := fs.String("kind", "grpc", "grpc (proxyless gRPC, JSON) or envoy (Envoy sidecar, YAML)")
+	o := xds.BootstrapOptions{}
+	fs.StringVar(&o.XDSAddress, "xds-address", "127.0.0.1:15010", "palisaded's xDS address")
+	fs.StringVar(&o.Namespace, "namespace", "default", "the workload's namespace")
+	fs.StringVar(&o.ServiceAccount, "service-account", "", "the workload's service account")
+	fs.StringVar(&o.NodeID, "node-id", "", "node ID (default: Istio's form, sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local)")
+	labels := fs.String("labels", "", "workload labels, k=v[,k=v...]")
+	ips := fs.String("instance-ips", "", "the workload's IP addresses, comma separated")
+	name := fs.String("name", "", "workload name used in the default node ID (default: the host name)")
+	adminPort := fs.Uint("admin-port", 15000, "envoy: admin port on 127.0.0.1")
+	delta := fs.Bool("delta", false, "envoy: use delta xDS")
+	out := fs.String("o", "-", "output file, - for standard output")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	var err error
+	if o.Labels, err = parseLabels(*labels); err != nil {
+		return err
+	}
+	if *ips != "" {
+		o.InstanceIPs = strings.Split(*ips, ",")
+	}
+	if o.NodeID == "" {
+		o.NodeID = defaultNodeID(*name, o)
+	}
+	var data []byte
+	switch *kind {
+	case "grpc":
+		data, err = xds.GRPCBootstrap(o)
+	case "envoy":
+		if *adminPort == 0 || *adminPort > 65535 {
+			return fmt.Errorf("%w: --admin-port %d is out of range", errUsage, *adminPort)
+		}
+		b, berr := xds.EnvoyBootstrap(o, uint32(*adminPort), *delta)
+		if berr != nil {
+			return berr
+		}
+		if err := xds.Validate(b); err != nil {
+			return fmt.Errorf("generated bootstrap is invalid: %w", err)
+		}
+		js, jerr := protojson.Marshal(b)
+		if jerr != nil {
+			return jerr
+		}
+		data, err = yaml.JSONToYAML(js)
+	default:
+		return fmt.Errorf("%w: --kind %q: use grpc or envoy", errUsage, *kind)
+	}
+	if err != nil {
+		return err
+	}
+	if *out == "-" {
+		_, err = stdout.Write(append(data, '\n'))
+		return err
+	}
+	return os.WriteFile(*out, append(data, '\n'), 0o644)
+}
+
+func parseLabels(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%w: --labels: %q is not k=v", errUsage, kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func defaultNodeID(name string, o xds.BootstrapOptions) string {
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	ip := "127.0.0.1"
+	if len(o.InstanceIPs) > 0 {
+		ip = o.InstanceIPs[0]
+	}
+	return fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", ip, name, o.Namespace, o.Namespace)
+}

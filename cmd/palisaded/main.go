@@ -1,0 +1,168 @@
+// Command palisaded is Palisade's control plane: it reads the mesh configuration,
+// translates it for every connected proxy and serves it over xDS.
+//
+// The pipeline is wired here, in one place:
+//
+//	config source (YAML directory) → mesh.Snapshot → xds translators → xDS server
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/palisade-mesh/palisade/cmd/internal/buildinfo"
+	"github.com/palisade-mesh/palisade/mesh"
+	"github.com/palisade-mesh/palisade/mesh/filesource"
+	xdsserver "github.com/palisade-mesh/palisade/xds/server"
+)
+
+type options struct {
+	configDir         string
+	xdsAddress        string
+	monitoringAddress string
+	logLevel          string
+	logFormat         string
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("palisaded", flag.ContinueOnError)
+	fs.StringVar(&o.configDir, "config-dir", "/etc/palisade/config", "directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule), watched for changes")
+	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "address of the xDS (ADS) gRPC server")
+	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15014", "address of the HTTP server for /metrics, /healthz/ready and /debug/")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println("palisaded", buildinfo.String())
+		return
+	}
+	log, err := newLogger(o.logLevel, o.logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "palisaded:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("palisaded stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	if st, err := os.Stat(o.configDir); err != nil || !st.IsDir() {
+		return fmt.Errorf("--config-dir %s is not a readable directory", o.configDir)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg})
+	var ready atomic.Bool
+	source := filesource.New(filesource.Config{
+		Dir:        o.configDir,
+		Logger:     log,
+		Registerer: reg,
+		Publish: func(s *mesh.Snapshot) {
+			xds.SetSnapshot(s)
+			ready.Store(true)
+		},
+	})
+
+	xdsListener, err := xds.Listen()
+	if err != nil {
+		return err
+	}
+	monListener, err := net.Listen("tcp", o.monitoringAddress)
+	if err != nil {
+		xdsListener.Close()
+		return fmt.Errorf("monitoring: listening on %s: %w", o.monitoringAddress, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET /debug/", xds.DebugHandler())
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "no configuration loaded yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, buildinfo.String()) })
+	monitoring := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	log.Info("palisaded starting", "version", buildinfo.String(), "config_dir", o.configDir,
+		"xds_address", xdsListener.Addr().String(), "monitoring_address", monListener.Addr().String())
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errs := make(chan error, 3)
+	go func() { errs <- xds.Serve(ctx, xdsListener) }()
+	go func() { errs <- source.Run(ctx) }()
+	go func() {
+		err := monitoring.Serve(monListener)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errs <- err
+	}()
+
+	// Run until a signal or until one component stops; then stop the others.
+	var first error
+	remaining := 3
+	select {
+	case first = <-errs:
+		remaining--
+	case <-ctx.Done():
+	}
+	cancel(first)
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	_ = monitoring.Shutdown(shutdown)
+	for range remaining {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}

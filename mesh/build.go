@@ -1,0 +1,219 @@
+package mesh
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/palisade-mesh/palisade/mesh/config"
+)
+
+// Build links decoded objects into a Snapshot: ServiceEntries become services, their
+// endpoints are gathered from inline entries and selected WorkloadEntries, and the
+// hosts and subsets routing rules refer to are resolved. Problems are reported in
+// Snapshot.Diagnostics; they never stop the rest of the mesh from being built.
+func Build(version uint64, objs []config.Object) *Snapshot {
+	objs = slices.Clone(objs)
+	slices.SortFunc(objs, func(a, b config.Object) int {
+		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	b := builder{snap: &Snapshot{Version: version}, workloads: map[string][]config.Object{}}
+	for _, o := range objs {
+		if o.Kind == config.KindWorkloadEntry {
+			b.workloads[o.Namespace] = append(b.workloads[o.Namespace], o)
+		}
+	}
+	for _, o := range objs {
+		switch spec := o.Spec.(type) {
+		case *networking.ServiceEntry:
+			b.serviceEntry(o, spec)
+		case *networking.VirtualService:
+			b.snap.VirtualServices = append(b.snap.VirtualServices, &VirtualService{
+				Key: o.Key, Source: o.Source, Spec: spec,
+				Hosts:    resolveHosts(spec.Hosts, o.Namespace),
+				ExportTo: visibility(spec.ExportTo, o.Namespace),
+			})
+		case *networking.DestinationRule:
+			b.snap.DestinationRules = append(b.snap.DestinationRules, &DestinationRule{
+				Key: o.Key, Source: o.Source, Spec: spec,
+				Host:     ResolveHost(spec.Host, o.Namespace),
+				ExportTo: visibility(spec.ExportTo, o.Namespace),
+			})
+		}
+	}
+	slices.SortFunc(b.snap.Services, func(a, c *Service) int {
+		return cmp.Or(cmp.Compare(a.Hostname, c.Hostname), cmp.Compare(a.Namespace, c.Namespace))
+	})
+	b.checkServices()
+	b.checkDestinationRules()
+	b.checkVirtualServices()
+	return b.snap
+}
+
+type builder struct {
+	snap      *Snapshot
+	workloads map[string][]config.Object // WorkloadEntries by namespace, sorted by name
+}
+
+func (b *builder) report(sev config.Severity, key config.Key, src config.Source, format string, args ...any) {
+	b.snap.Diagnostics = append(b.snap.Diagnostics, config.Diagnostic{
+		Severity: sev, Source: src, Object: key, Message: fmt.Sprintf(format, args...),
+	})
+}
+
+func resolveHosts(hosts []string, ns string) []string {
+	out := make([]string, len(hosts))
+	for i, h := range hosts {
+		out[i] = ResolveHost(h, ns)
+	}
+	return out
+}
+
+func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
+	ports := make([]Port, 0, len(se.Ports))
+	for _, p := range se.Ports {
+		proto := Protocol(strings.ToUpper(p.Protocol))
+		if proto == "" {
+			proto = "TCP" // Istio's default for an unnamed protocol
+		}
+		ports = append(ports, Port{Name: p.Name, Number: p.Number, Protocol: proto, TargetPort: p.TargetPort})
+	}
+	slices.SortFunc(ports, func(a, c Port) int { return cmp.Compare(a.Number, c.Number) })
+
+	var eps []*Endpoint
+	for _, we := range se.Endpoints {
+		eps = append(eps, endpoint(we, o.Namespace, o.Key))
+	}
+	if sel := se.WorkloadSelector.GetLabels(); len(sel) > 0 {
+		for _, w := range b.workloads[o.Namespace] {
+			we := w.Spec.(*networking.WorkloadEntry)
+			if LabelsMatch(sel, we.Labels) {
+				eps = append(eps, endpoint(we, w.Namespace, w.Key))
+			}
+		}
+		if len(eps) == 0 {
+			b.report(config.SeverityWarning, o.Key, o.Source, "spec.workloadSelector selects no WorkloadEntry in namespace %s", o.Namespace)
+		}
+	}
+	slices.SortStableFunc(eps, func(a, c *Endpoint) int { return cmp.Compare(a.Address, c.Address) })
+
+	for _, h := range se.Hosts {
+		b.snap.Services = append(b.snap.Services, &Service{
+			Hostname:   ResolveHost(h, o.Namespace),
+			Namespace:  o.Namespace,
+			Source:     o.Key,
+			Ports:      ports,
+			Addresses:  se.Addresses,
+			Resolution: se.Resolution,
+			ExportTo:   visibility(se.ExportTo, o.Namespace),
+			Endpoints:  eps,
+		})
+	}
+}
+
+func endpoint(we *networking.WorkloadEntry, ns string, src config.Key) *Endpoint {
+	return &Endpoint{
+		Address:        we.Address,
+		Ports:          we.Ports,
+		Labels:         we.Labels,
+		Locality:       we.Locality,
+		Weight:         we.Weight,
+		ServiceAccount: we.ServiceAccount,
+		Namespace:      ns,
+		Source:         src,
+	}
+}
+
+// LabelsMatch reports whether every selector label is present with the same value.
+func LabelsMatch(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (b *builder) service(host string) *Service {
+	i, found := slices.BinarySearchFunc(b.snap.Services, host, func(s *Service, h string) int { return cmp.Compare(s.Hostname, h) })
+	if !found {
+		return nil
+	}
+	return b.snap.Services[i]
+}
+
+func (b *builder) checkServices() {
+	for i := 1; i < len(b.snap.Services); i++ {
+		prev, cur := b.snap.Services[i-1], b.snap.Services[i]
+		if prev.Hostname == cur.Hostname && prev.Namespace == cur.Namespace {
+			b.report(config.SeverityWarning, cur.Source, config.Source{}, "host %s is also declared by %s; the first by name is used", cur.Hostname, prev.Source)
+		}
+	}
+}
+
+func (b *builder) checkDestinationRules() {
+	seen := map[string]config.Key{}
+	for _, dr := range b.snap.DestinationRules {
+		if b.service(dr.Host) == nil && !strings.Contains(dr.Host, "*") {
+			b.report(config.SeverityWarning, dr.Key, dr.Source, "spec.host: no service %s is known", dr.Host)
+		}
+		k := dr.Key.Namespace + "/" + dr.Host
+		if first, dup := seen[k]; dup {
+			b.report(config.SeverityWarning, dr.Key, dr.Source, "spec.host: %s already has %s in this namespace; Istio does not merge them and only the first is used", dr.Host, first)
+			continue
+		}
+		seen[k] = dr.Key
+	}
+}
+
+func (b *builder) checkVirtualServices() {
+	seen := map[string]config.Key{}
+	for _, vs := range b.snap.VirtualServices {
+		for i, h := range vs.Hosts {
+			k := vs.Key.Namespace + "/" + h
+			if first, dup := seen[k]; dup {
+				b.report(config.SeverityWarning, vs.Key, vs.Source, "spec.hosts[%d]: %s is also routed by %s; Istio does not merge them for sidecars and only the first is used", i, h, first)
+			}
+			seen[k] = vs.Key
+		}
+		for i, r := range vs.Spec.Http {
+			for j, d := range r.Route {
+				field := fmt.Sprintf("spec.http[%d].route[%d].destination", i, j)
+				b.checkDestination(vs, field, d.Destination)
+			}
+		}
+	}
+}
+
+func (b *builder) checkDestination(vs *VirtualService, field string, d *networking.Destination) {
+	host := ResolveHost(d.Host, vs.Key.Namespace)
+	svc := b.service(host)
+	if svc == nil {
+		b.report(config.SeverityError, vs.Key, vs.Source, "%s.host: unknown host %s; this destination is left out", field, host)
+		return
+	}
+	if n := d.GetPort().GetNumber(); n != 0 {
+		if _, ok := svc.Port(n); !ok {
+			b.report(config.SeverityError, vs.Key, vs.Source, "%s.port: service %s has no port %d; this destination is left out", field, host, n)
+		}
+	}
+	if d.Subset == "" {
+		return
+	}
+	for _, dr := range b.snap.DestinationRules {
+		if dr.Host == host && dr.Subset(d.Subset) != nil {
+			return
+		}
+	}
+	b.report(config.SeverityError, vs.Key, vs.Source, "%s.subset: unknown subset %q of %s (no DestinationRule defines it); this destination is left out", field, d.Subset, host)
+}
+
+// SortedKeys returns a map's keys in order; used wherever map iteration would make
+// generated config nondeterministic.
+func SortedKeys[M ~map[string]V, V any](m M) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,169 @@
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultNamespace is used for objects whose metadata names no namespace, as kubectl
+// does with its default context.
+const DefaultNamespace = "default"
+
+// MaxDocumentBytes bounds one YAML document; larger documents are rejected rather than
+// parsed, so a runaway file cannot exhaust memory.
+const MaxDocumentBytes = 4 << 20
+
+type envelope struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string            `json:"name"`
+		Namespace string            `json:"namespace"`
+		Labels    map[string]string `json:"labels"`
+	} `json:"metadata"`
+	Spec json.RawMessage `json:"spec"`
+}
+
+// Decode parses every YAML document in data. It returns the objects that decoded and
+// validated, and a diagnostic for every document that did not. Documents of kinds
+// Palisade does not read are reported as warnings and skipped.
+func Decode(file string, data []byte) ([]Object, []Diagnostic) {
+	var objs []Object
+	var diags []Diagnostic
+	for i, doc := range splitDocuments(data) {
+		src := Source{File: file, Index: i}
+		obj, skip, err := decodeDocument(src, doc)
+		switch {
+		case err != nil:
+			diags = append(diags, Diagnostic{Severity: SeverityError, Source: src, Object: obj.Key, Message: err.Error()})
+		case skip != "":
+			diags = append(diags, Diagnostic{Severity: SeverityWarning, Source: src, Object: obj.Key, Message: skip})
+		case obj.Spec != nil:
+			objs = append(objs, obj)
+		}
+	}
+	return objs, diags
+}
+
+// decodeDocument decodes one document. An empty document yields a zero Object. A
+// non-empty skip reason means the document is well formed but not for Palisade.
+func decodeDocument(src Source, doc []byte) (obj Object, skip string, err error) {
+	obj.Source = src
+	if len(doc) > MaxDocumentBytes {
+		return obj, "", fmt.Errorf("document is %d bytes, larger than the %d byte limit", len(doc), MaxDocumentBytes)
+	}
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return obj, "", fmt.Errorf("invalid YAML: %w", err)
+	}
+	if t := bytes.TrimSpace(js); len(t) == 0 || string(t) == "null" {
+		return obj, "", nil // empty document, e.g. a trailing "---"
+	}
+	var env envelope
+	if err := json.Unmarshal(js, &env); err != nil {
+		return obj, "", fmt.Errorf("not a Kubernetes-style object (apiVersion, kind, metadata, spec): %w", err)
+	}
+	obj.Kind = Kind(env.Kind)
+	obj.Name = env.Metadata.Name
+	obj.Namespace = env.Metadata.Namespace
+	if obj.Namespace == "" {
+		obj.Namespace = DefaultNamespace
+	}
+	obj.Labels = env.Metadata.Labels
+
+	group, version, _ := strings.Cut(env.APIVersion, "/")
+	if env.Kind == "" || env.APIVersion == "" {
+		return obj, "", errors.New("apiVersion and kind are required")
+	}
+	spec := newSpec(obj.Kind)
+	if group != NetworkingGroup || spec == nil {
+		return obj, fmt.Sprintf("kind %s in %s is not read by Palisade; skipped", env.Kind, env.APIVersion), nil
+	}
+	switch version {
+	case "v1", "v1beta1", "v1alpha3":
+	default:
+		return obj, "", fmt.Errorf("unsupported apiVersion %s (use %s/v1)", env.APIVersion, NetworkingGroup)
+	}
+	if err := validateObjectName(obj.Name, obj.Namespace); err != nil {
+		return obj, "", err
+	}
+	if len(env.Spec) == 0 || string(env.Spec) == "null" {
+		return obj, "", errors.New("spec is required")
+	}
+	specJSON, err := normalizedSpec(env.Spec, spec)
+	if err != nil {
+		return obj, "", fmt.Errorf("spec: %w", err)
+	}
+	if err := protojson.Unmarshal(specJSON, spec); err != nil {
+		return obj, "", fmt.Errorf("spec: %s", protojsonMessage(err))
+	}
+	obj.Spec = spec
+	if err := Validate(obj); err != nil {
+		return obj, "", err
+	}
+	return obj, "", nil
+}
+
+// normalizedSpec rewrites the spec's duration strings into the form protojson reads.
+func normalizedSpec(raw json.RawMessage, spec proto.Message) ([]byte, error) {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, errors.New("must be an object")
+	}
+	normalizeDurations(spec.ProtoReflect().Descriptor(), v)
+	return json.Marshal(v)
+}
+
+// protojsonMessage strips the "proto: " prefix protojson puts on its errors.
+func protojsonMessage(err error) string {
+	return strings.TrimPrefix(strings.TrimPrefix(err.Error(), "proto:"), " ")
+}
+
+// splitDocuments splits a multi-document YAML stream on "---" separator lines.
+func splitDocuments(data []byte) [][]byte {
+	var docs [][]byte
+	var cur bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), MaxDocumentBytes+1)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if isSeparator(line) {
+			docs = append(docs, bytes.Clone(cur.Bytes()))
+			cur.Reset()
+			continue
+		}
+		cur.Write(line)
+		cur.WriteByte('\n')
+	}
+	if sc.Err() != nil {
+		// A single line longer than the document limit: hand the rest over as one
+		// document so that it is reported as too large.
+		cur.Write(data)
+	}
+	docs = append(docs, cur.Bytes())
+	// A leading separator produces an empty first document; drop it so that indexes
+	// count the documents a reader sees.
+	if len(docs) > 1 && len(bytes.TrimSpace(docs[0])) == 0 {
+		docs = docs[1:]
+	}
+	return docs
+}
+
+func isSeparator(line []byte) bool {
+	if !bytes.HasPrefix(line, []byte("---")) {
+		return false
+	}
+	rest := bytes.TrimSpace(line[3:])
+	return len(rest) == 0 || rest[0] == '#'
+}

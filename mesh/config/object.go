@@ -1,0 +1,105 @@
+// Package config decodes and validates the configuration objects Palisade accepts
+// (Istio's networking.istio.io/v1 kinds). It is shared by every config source and by
+// `palisadectl analyze`, so that a file, the Kubernetes API and the CLI agree on what
+// is valid.
+package config
+
+import (
+	"fmt"
+
+	networking "istio.io/api/networking/v1alpha3"
+	"google.golang.org/protobuf/proto"
+)
+
+// Kind names a supported object kind.
+type Kind string
+
+// The kinds Palisade reads. All belong to the networking.istio.io group; v1, v1beta1
+// and v1alpha3 are accepted since they share one schema.
+const (
+	KindServiceEntry    Kind = "ServiceEntry"
+	KindWorkloadEntry   Kind = "WorkloadEntry"
+	KindVirtualService  Kind = "VirtualService"
+	KindDestinationRule Kind = "DestinationRule"
+)
+
+// NetworkingGroup is the API group of the supported kinds.
+const NetworkingGroup = "networking.istio.io"
+
+// newSpec returns an empty spec message for a kind, or nil for an unsupported kind.
+func newSpec(k Kind) proto.Message {
+	switch k {
+	case KindServiceEntry:
+		return &networking.ServiceEntry{}
+	case KindWorkloadEntry:
+		return &networking.WorkloadEntry{}
+	case KindVirtualService:
+		return &networking.VirtualService{}
+	case KindDestinationRule:
+		return &networking.DestinationRule{}
+	}
+	return nil
+}
+
+// Key identifies an object: two objects with the same key are versions of one object.
+type Key struct {
+	Kind      Kind
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string {
+	switch {
+	case k.Kind == "" && k.Name == "":
+		return "(unidentified object)"
+	case k.Namespace == "":
+		return fmt.Sprintf("%s %s", k.Kind, k.Name)
+	}
+	return fmt.Sprintf("%s %s/%s", k.Kind, k.Namespace, k.Name)
+}
+
+// Source says where an object was read from.
+type Source struct {
+	File  string // path of the file, relative to the config directory when known
+	Index int    // 0-based index of the YAML document within the file
+}
+
+func (s Source) String() string {
+	if s.File == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s[doc %d]", s.File, s.Index)
+}
+
+// Object is one decoded, validated configuration object. Objects are immutable once
+// decoded: nothing may modify Spec or Labels.
+type Object struct {
+	Key
+	Labels map[string]string
+	Source Source
+	Spec   proto.Message // *networking.ServiceEntry, *networking.VirtualService, ...
+}
+
+// Severity of a diagnostic.
+type Severity string
+
+const (
+	SeverityError   Severity = "error"
+	SeverityWarning Severity = "warning"
+)
+
+// Diagnostic reports a problem with one object or document.
+type Diagnostic struct {
+	Severity Severity
+	Source   Source
+	Object   Key
+	Message  string
+}
+
+func (d Diagnostic) String() string {
+	loc := d.Source.String()
+	if loc != "" {
+		loc += " "
+	}
+	return fmt.Sprintf("%s: %s%s: %s", d.Severity, loc, d.Object, d.Message)
+}

@@ -1,0 +1,187 @@
+package xds
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	networking "istio.io/api/networking/v1alpha3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/palisade-mesh/palisade/mesh"
+)
+
+// connectTimeout is Istio's default upstream connect timeout.
+const connectTimeout = 10 * time.Second
+
+// adsConfigSource points EDS and RDS at the ADS stream the proxy already has.
+func adsConfigSource() *core.ConfigSource {
+	return &core.ConfigSource{
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+		ResourceApiVersion:    core.ApiVersion_V3,
+	}
+}
+
+// clusters returns the service port's default cluster and one per subset of its
+// DestinationRule.
+func (g *generator) clusters(svc *mesh.Service, port mesh.Port) []*cluster.Cluster {
+	dr := g.view.DestinationRuleFor(svc)
+	var base *networking.TrafficPolicy
+	if dr != nil {
+		base = dr.Spec.TrafficPolicy
+	}
+	out := []*cluster.Cluster{g.cluster(ClusterName(port.Number, "", svc.Hostname), port, base)}
+	if dr != nil {
+		for _, ss := range dr.Spec.Subsets {
+			policy := base
+			if ss.TrafficPolicy != nil {
+				policy = ss.TrafficPolicy // Istio: a subset's policy overrides the rule's
+			}
+			out = append(out, g.cluster(ClusterName(port.Number, ss.Name, svc.Hostname), port, policy))
+		}
+	}
+	return out
+}
+
+func (g *generator) cluster(name string, port mesh.Port, policy *networking.TrafficPolicy) *cluster.Cluster {
+	c := &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LbPolicy:             g.lbPolicy(portPolicy(policy, port.Number).GetLoadBalancer()),
+	}
+	if g.kind != mesh.KindProxyless && (port.Protocol == "GRPC" || port.Protocol == "HTTP2") {
+		c.TypedExtensionProtocolOptions = http2ProtocolOptions()
+	}
+	return c
+}
+
+// http2ProtocolOptions makes Envoy speak HTTP/2 to a cluster's endpoints.
+func http2ProtocolOptions() map[string]*anypb.Any {
+	return map[string]*anypb.Any{
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpopts.HttpProtocolOptions{
+			UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
+			}},
+		}),
+	}
+}
+
+// portPolicy applies a port-level override of a traffic policy, as Istio does: the
+// port's settings replace the policy's load balancer when they set one.
+func portPolicy(p *networking.TrafficPolicy, port uint32) *networking.TrafficPolicy {
+	for _, pl := range p.GetPortLevelSettings() {
+		if pl.GetPort().GetNumber() == port && pl.LoadBalancer != nil {
+			return &networking.TrafficPolicy{LoadBalancer: pl.LoadBalancer}
+		}
+	}
+	return p
+}
+
+// lbPolicy maps Istio's simple load balancers. Istio's default is LEAST_REQUEST;
+// proxyless gRPC clients default to ROUND_ROBIN, and RANDOM (which they lack) falls
+// back to it too.
+func (g *generator) lbPolicy(lb *networking.LoadBalancerSettings) cluster.Cluster_LbPolicy {
+	switch lb.GetSimple() {
+	case networking.LoadBalancerSettings_ROUND_ROBIN:
+		return cluster.Cluster_ROUND_ROBIN
+	case networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN:
+		return cluster.Cluster_LEAST_REQUEST
+	case networking.LoadBalancerSettings_RANDOM:
+		if g.kind != mesh.KindProxyless {
+			return cluster.Cluster_RANDOM
+		}
+	}
+	if g.kind == mesh.KindProxyless {
+		return cluster.Cluster_ROUND_ROBIN
+	}
+	return cluster.Cluster_LEAST_REQUEST
+}
+
+// endpoints returns the load assignments of the service port's clusters.
+func (g *generator) endpoints(svc *mesh.Service, port mesh.Port) []*endpoint.ClusterLoadAssignment {
+	out := []*endpoint.ClusterLoadAssignment{loadAssignment(ClusterName(port.Number, "", svc.Hostname), svc.Endpoints, port, nil)}
+	if dr := g.view.DestinationRuleFor(svc); dr != nil {
+		for _, ss := range dr.Spec.Subsets {
+			out = append(out, loadAssignment(ClusterName(port.Number, ss.Name, svc.Hostname), svc.Endpoints, port, ss.Labels))
+		}
+	}
+	return out
+}
+
+// loadAssignment groups the endpoints selected by subset labels by locality. Every
+// locality gets a non-zero weight: gRPC clients silently drop zero-weight localities.
+func loadAssignment(name string, eps []*mesh.Endpoint, port mesh.Port, subset map[string]string) *endpoint.ClusterLoadAssignment {
+	byLocality := map[string]*endpoint.LocalityLbEndpoints{}
+	for _, ep := range eps {
+		if !mesh.LabelsMatch(subset, ep.Labels) {
+			continue
+		}
+		if _, err := netip.ParseAddr(ep.Address); err != nil {
+			continue // host names need DNS resolution, not EDS (reported by the model)
+		}
+		weight := max(ep.Weight, 1)
+		le := byLocality[ep.Locality]
+		if le == nil {
+			le = &endpoint.LocalityLbEndpoints{Locality: locality(ep.Locality), LoadBalancingWeight: wrapperspb.UInt32(0)}
+			byLocality[ep.Locality] = le
+		}
+		le.LoadBalancingWeight.Value += weight
+		le.LbEndpoints = append(le.LbEndpoints, &endpoint.LbEndpoint{
+			HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+				Address: socketAddress(ep.Address, ep.PortFor(port)),
+			}},
+			LoadBalancingWeight: wrapperspb.UInt32(weight),
+		})
+	}
+	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
+	for _, l := range mesh.SortedKeys(byLocality) {
+		cla.Endpoints = append(cla.Endpoints, byLocality[l])
+	}
+	return cla
+}
+
+func locality(s string) *core.Locality {
+	parts := strings.SplitN(s, "/", 3)
+	l := &core.Locality{Region: parts[0]}
+	if len(parts) > 1 {
+		l.Zone = parts[1]
+	}
+	if len(parts) > 2 {
+		l.SubZone = parts[2]
+	}
+	return l
+}
+
+func socketAddress(ip string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address:       ip,
+		PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// passthroughCluster forwards to the original destination (Istio's ALLOW_ANY mode).
+func passthroughCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 PassthroughClusterName,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+	}
+}
+
+// blackHoleCluster has no endpoints: traffic routed to it fails.
+func blackHoleCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 BlackHoleClusterName,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+	}
+}

@@ -1,0 +1,284 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/palisade-mesh/palisade/mesh"
+)
+
+// Well-known filter names.
+const (
+	hcmFilterName      = "envoy.filters.network.http_connection_manager"
+	tcpProxyFilterName = "envoy.filters.network.tcp_proxy"
+	routerFilterName   = "envoy.filters.http.router"
+	origDstFilterName  = "envoy.filters.listener.original_dst"
+)
+
+// VirtualOutboundListenerName is the sidecar's capture listener, as in Istio.
+const (
+	VirtualOutboundListenerName = "virtualOutbound"
+	VirtualOutboundPort         = 15001
+)
+
+// mustAny packs a message. Packing a generated message only fails on a programming
+// error, so it panics rather than make every builder return an error.
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("xds: packing %T: %v", m, err))
+	}
+	return a
+}
+
+func routerFilter() *hcm.HttpFilter {
+	return &hcm.HttpFilter{Name: routerFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&router.Router{})}}
+}
+
+func rdsConnectionManager(statPrefix, routeName string) *hcm.HttpConnectionManager {
+	return &hcm.HttpConnectionManager{
+		StatPrefix: statPrefix,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource: adsConfigSource(), RouteConfigName: routeName,
+		}},
+		HttpFilters: []*hcm.HttpFilter{routerFilter()},
+	}
+}
+
+// proxylessClientListeners returns an API listener and a route configuration per
+// HTTP service port, both named host:port: the name a gRPC client dialing
+// xds:///host:port asks for.
+func (g *generator) proxylessClientListeners() ([]*listener.Listener, []*route.RouteConfiguration) {
+	var ls []*listener.Listener
+	var rs []*route.RouteConfiguration
+	for _, svc := range g.view.Services {
+		for _, port := range svc.Ports {
+			if !port.Protocol.IsHTTP() {
+				continue
+			}
+			name := hostPort(svc.Hostname, port.Number)
+			ls = append(ls, &listener.Listener{
+				Name:        name,
+				ApiListener: &listener.ApiListener{ApiListener: mustAny(rdsConnectionManager(name, name))},
+			})
+			rs = append(rs, &route.RouteConfiguration{
+				Name: name,
+				VirtualHosts: []*route.VirtualHost{{
+					Name:    name,
+					Domains: []string{svc.Hostname, name},
+					Routes:  g.routes(svc, port),
+				}},
+			})
+		}
+	}
+	return ls, rs
+}
+
+// ProxylessServerListener returns the listener a proxyless gRPC server asks for by
+// name (ServerListenerTemplate with its listening address). The name must carry an
+// IP:PORT address.
+func ProxylessServerListener(name string) (*listener.Listener, error) {
+	addr, ok := strings.CutPrefix(name, strings.TrimSuffix(ServerListenerTemplate, "%s"))
+	if !ok {
+		return nil, fmt.Errorf("listener %q is not a gRPC server listener", name)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: listening address: %w", name, err)
+	}
+	cm := &hcm.HttpConnectionManager{
+		StatPrefix: "inbound_" + addr,
+		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+			Name: "inbound|" + addr,
+			VirtualHosts: []*route.VirtualHost{{
+				Name:    "inbound|" + addr,
+				Domains: []string{"*"},
+				Routes: []*route.Route{{
+					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &route.Route_NonForwardingAction{NonForwardingAction: &route.NonForwardingAction{}},
+				}},
+			}},
+		}},
+		HttpFilters: []*hcm.HttpFilter{routerFilter()},
+	}
+	return &listener.Listener{
+		Name:    name,
+		Address: socketAddress(ap.Addr().String(), uint32(ap.Port())),
+		FilterChains: []*listener.FilterChain{{
+			Name:    "inbound|" + addr,
+			Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(cm)}}},
+		}},
+		TrafficDirection: core.TrafficDirection_INBOUND,
+	}, nil
+}
+
+// sidecarOutbound returns an Envoy sidecar's outbound listeners and routes: the
+// capture listener on 15001, and one listener per service port number (named
+// 0.0.0.0_PORT, not bound: it receives connections handed over by the capture
+// listener). HTTP ports route through RDS configuration named by the port; TCP
+// ports forward to the service whose address the connection was sent to.
+func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfiguration) {
+	type portServices struct {
+		http []*mesh.Service
+		tcp  []*mesh.Service
+	}
+	byPort := map[uint32]*portServices{}
+	var numbers []uint32
+	for _, svc := range g.view.Services {
+		for _, p := range svc.Ports {
+			ps := byPort[p.Number]
+			if ps == nil {
+				ps = &portServices{}
+				byPort[p.Number] = ps
+				numbers = append(numbers, p.Number)
+			}
+			if p.Protocol.IsHTTP() {
+				ps.http = append(ps.http, svc)
+			} else {
+				ps.tcp = append(ps.tcp, svc)
+			}
+		}
+	}
+	ls := []*listener.Listener{virtualOutboundListener()}
+	var rs []*route.RouteConfiguration
+	for _, n := range numbers {
+		ps := byPort[n]
+		l := &listener.Listener{
+			Name:             "0.0.0.0_" + strconv.FormatUint(uint64(n), 10),
+			Address:          socketAddress("0.0.0.0", n),
+			BindToPort:       wrapperspb.Bool(false),
+			TrafficDirection: core.TrafficDirection_OUTBOUND,
+		}
+		// TCP services are told apart by destination address; a TCP service without
+		// one cannot share a port and is left out of the capture.
+		for _, svc := range ps.tcp {
+			if fc := tcpFilterChain(svc, n); fc != nil {
+				l.FilterChains = append(l.FilterChains, fc)
+			}
+		}
+		if len(ps.http) > 0 {
+			routeName := strconv.FormatUint(uint64(n), 10)
+			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+				Name: "http",
+				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
+					TypedConfig: mustAny(rdsConnectionManager("outbound_0.0.0.0_"+routeName, routeName)),
+				}}},
+			})
+			rs = append(rs, g.sidecarRouteConfig(routeName, n, ps.http))
+		}
+		if len(l.FilterChains) > 0 {
+			ls = append(ls, l)
+		}
+	}
+	return ls, rs
+}
+
+func tcpFilterChain(svc *mesh.Service, port uint32) *listener.FilterChain {
+	var ranges []*core.CidrRange
+	for _, a := range svc.Addresses {
+		pfx, err := netip.ParsePrefix(a)
+		if err != nil {
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				continue
+			}
+			pfx = netip.PrefixFrom(ip, ip.BitLen())
+		}
+		ranges = append(ranges, &core.CidrRange{AddressPrefix: pfx.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(pfx.Bits()))})
+	}
+	if len(ranges) == 0 {
+		return nil
+	}
+	cluster := ClusterName(port, "", svc.Hostname)
+	return &listener.FilterChain{
+		Name:             cluster,
+		FilterChainMatch: &listener.FilterChainMatch{PrefixRanges: ranges},
+		Filters: []*listener.Filter{{Name: tcpProxyFilterName, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
+			StatPrefix:       cluster,
+			ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
+		})}}},
+	}
+}
+
+// sidecarRouteConfig has a virtual host per service on the port, reachable by its
+// full name and the short forms a Kubernetes client would use, plus a catch-all that
+// passes unknown hosts through (Istio's ALLOW_ANY).
+func (g *generator) sidecarRouteConfig(name string, port uint32, svcs []*mesh.Service) *route.RouteConfiguration {
+	rc := &route.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
+	for _, svc := range svcs {
+		p, _ := svc.Port(port)
+		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
+			Name:    hostPort(svc.Hostname, port),
+			Domains: g.domains(svc.Hostname, port),
+			Routes:  g.routes(svc, p),
+		})
+	}
+	rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
+		Name:    "allow_any",
+		Domains: []string{"*"},
+		Routes: []*route.Route{{
+			Name:  "allow_any",
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &route.Route_Route{Route: &route.RouteAction{
+				ClusterSpecifier: &route.RouteAction_Cluster{Cluster: PassthroughClusterName},
+			}},
+		}},
+	})
+	return rc
+}
+
+// domains lists the names a host is reached by, each with and without the port.
+// Kubernetes-style hosts also get their short forms; the bare name only within the
+// proxy's own namespace, where it is unambiguous.
+func (g *generator) domains(host string, port uint32) []string {
+	names := []string{host}
+	if base, ok := strings.CutSuffix(host, "."+mesh.DomainSuffix); ok {
+		if name, ns, ok := strings.Cut(base, "."); ok && !strings.Contains(ns, ".") {
+			names = append(names, base+".svc", base)
+			if ns == g.view.Namespace {
+				names = append(names, name)
+			}
+		}
+	}
+	out := make([]string, 0, 2*len(names))
+	for _, n := range names {
+		out = append(out, n, net.JoinHostPort(n, strconv.FormatUint(uint64(port), 10)))
+	}
+	return out
+}
+
+// virtualOutboundListener captures redirected outbound connections and hands each to
+// the listener of its original destination port; unmatched traffic passes through.
+func virtualOutboundListener() *listener.Listener {
+	return &listener.Listener{
+		Name:             VirtualOutboundListenerName,
+		Address:          socketAddress("0.0.0.0", VirtualOutboundPort),
+		UseOriginalDst:   wrapperspb.Bool(true),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
+		ListenerFilters: []*listener.ListenerFilter{{
+			Name:       origDstFilterName,
+			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&origdst.OriginalDst{})},
+		}},
+		FilterChains: []*listener.FilterChain{{
+			Name: PassthroughClusterName,
+			Filters: []*listener.Filter{{Name: tcpProxyFilterName, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
+				StatPrefix:       PassthroughClusterName,
+				ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: PassthroughClusterName},
+			})}}},
+		}},
+	}
+}

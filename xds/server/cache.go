@@ -1,0 +1,378 @@
+// Package server serves generated xDS configuration over go-control-plane's ADS
+// servers (state of the world and delta), and reports what each proxy has.
+//
+// Cache implements go-control-plane's cache interface instead of using its snapshot
+// cache, for three reasons found with v0.14: the snapshot cache answers an ADS client
+// only when it asked for every resource of a type (proxyless clients ask for exact
+// names), it needs one snapshot per node (we share one translation per view), and it
+// resends a NACKed version in a tight loop. Here every answer is cut to the names the
+// client asked for, translations are shared by proxies with the same view, and a
+// rejected version is held until the configuration changes.
+package server
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/palisade-mesh/palisade/mesh"
+	"github.com/palisade-mesh/palisade/xds"
+)
+
+// CacheConfig configures a Cache.
+type CacheConfig struct {
+	Logger *slog.Logger
+	// Metrics may be nil.
+	Metrics *Metrics
+}
+
+// Cache turns the current mesh snapshot into answers to xDS watches.
+type Cache struct {
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu      sync.Mutex
+	state   *state
+	watches map[*watch]struct{}
+}
+
+// state is one snapshot and the translations made from it, created on demand.
+type state struct {
+	snap  *mesh.Snapshot
+	mu    sync.Mutex
+	views map[viewKey]*generated
+}
+
+// generated is the translation for one view, marshalled once and shared by all the
+// proxies that have that view.
+type generated struct {
+	once  sync.Once
+	res   *xds.Resources
+	types map[string]map[string]*entry // type URL → name → entry
+
+	serverMu        sync.Mutex
+	serverListeners map[string]*entry // proxyless server listeners by requested name
+}
+
+// entry is one marshalled resource with its content version.
+type entry struct {
+	name    string
+	version string
+	any     *anypb.Any
+}
+
+// NewCache returns a cache that serves nothing until the first SetSnapshot.
+func NewCache(cfg CacheConfig) *Cache {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Cache{log: cfg.Logger, metrics: cfg.Metrics, watches: map[*watch]struct{}{}}
+}
+
+var _ cache.Cache = (*Cache)(nil)
+
+// SetSnapshot publishes a new snapshot and answers every open watch whose
+// resources changed.
+func (c *Cache) SetSnapshot(snap *mesh.Snapshot) {
+	st := &state{snap: snap, views: map[viewKey]*generated{}}
+	c.mu.Lock()
+	c.state = st
+	open := make([]*watch, 0, len(c.watches))
+	for w := range c.watches {
+		open = append(open, w)
+	}
+	c.mu.Unlock()
+	for _, w := range open {
+		c.evaluate(st, w)
+	}
+}
+
+// Snapshot returns the snapshot being served, or nil.
+func (c *Cache) Snapshot() *mesh.Snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == nil {
+		return nil
+	}
+	return c.state.snap
+}
+
+// Resources returns the generated configuration for a proxy, for debugging.
+func (c *Cache) Resources(p *mesh.Proxy) (*xds.Resources, uint64, error) {
+	c.mu.Lock()
+	st := c.state
+	c.mu.Unlock()
+	if st == nil {
+		return nil, 0, errors.New("no configuration loaded yet")
+	}
+	return st.view(keyOf(p), c).res, st.snap.Version, nil
+}
+
+func (st *state) view(k viewKey, c *Cache) *generated {
+	st.mu.Lock()
+	g := st.views[k]
+	if g == nil {
+		g = &generated{serverListeners: map[string]*entry{}}
+		st.views[k] = g
+	}
+	st.mu.Unlock()
+	g.once.Do(func() {
+		timer := c.metrics.startTranslation()
+		g.res = xds.Generate(st.snap.ViewFor(k.namespace), k.kind)
+		g.types = make(map[string]map[string]*entry, len(xds.TypeURLs))
+		for _, typeURL := range xds.TypeURLs {
+			m := map[string]*entry{}
+			for _, r := range g.res.ByType(typeURL) {
+				e, err := newEntry(typeURL, r)
+				if err != nil {
+					c.log.Error("dropping generated resource that does not marshal", "type", typeURL, "name", cache.GetResourceName(r), "error", err)
+					continue
+				}
+				m[e.name] = e
+			}
+			g.types[typeURL] = m
+		}
+		timer.done()
+	})
+	return g
+}
+
+var marshalOptions = proto.MarshalOptions{Deterministic: true}
+
+func newEntry(typeURL string, r types.Resource) (*entry, error) {
+	b, err := marshalOptions.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	sum := xxhash.Sum64(b)
+	return &entry{
+		name:    cache.GetResourceName(r),
+		version: hex.EncodeToString([]byte{byte(sum >> 56), byte(sum >> 48), byte(sum >> 40), byte(sum >> 32), byte(sum >> 24), byte(sum >> 16), byte(sum >> 8), byte(sum)}),
+		any:     &anypb.Any{TypeUrl: typeURL, Value: b},
+	}, nil
+}
+
+// lookup returns the resource of a type by name, including proxyless server
+// listeners, which are made on request from the address in their name.
+func (g *generated) lookup(typeURL, name string, kind mesh.ProxyKind) *entry {
+	if e := g.types[typeURL][name]; e != nil {
+		return e
+	}
+	if typeURL != resource.ListenerType || kind != mesh.KindProxyless || !strings.HasPrefix(name, "grpc/server?") {
+		return nil
+	}
+	g.serverMu.Lock()
+	defer g.serverMu.Unlock()
+	if e, ok := g.serverListeners[name]; ok {
+		return e
+	}
+	var e *entry
+	if l, err := xds.ProxylessServerListener(name); err == nil {
+		e, _ = newEntry(typeURL, l)
+	}
+	g.serverListeners[name] = e // nil is remembered too: a bad name stays bad
+	return e
+}
+
+// selected returns the entries a subscription asks for, sorted by name.
+func (g *generated) selected(typeURL string, sub cache.Subscription, kind mesh.ProxyKind) []*entry {
+	var out []*entry
+	if sub.IsWildcard() {
+		for _, e := range g.types[typeURL] {
+			out = append(out, e)
+		}
+	}
+	for name := range sub.SubscribedResources() {
+		if sub.IsWildcard() && g.types[typeURL][name] != nil {
+			continue // already included
+		}
+		if e := g.lookup(typeURL, name, kind); e != nil {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// watch is an open request for one type on one stream.
+type watch struct {
+	proxy *mesh.Proxy
+	sub   cache.Subscription
+
+	sotw      *discovery.DiscoveryRequest
+	sotwCh    chan cache.Response
+	delta     *discovery.DeltaDiscoveryRequest
+	deltaCh   chan cache.DeltaResponse
+	mu        sync.Mutex
+	responded bool // or cancelled: the watch is spent
+}
+
+func (w *watch) typeURL() string {
+	if w.sotw != nil {
+		return w.sotw.GetTypeUrl()
+	}
+	return w.delta.GetTypeUrl()
+}
+
+// CreateWatch implements cache.ConfigWatcher for state-of-the-world streams.
+func (c *Cache) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan cache.Response) (func(), error) {
+	p, err := ProxyFromNode(req.GetNode())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return c.open(&watch{proxy: p, sub: sub, sotw: req, sotwCh: ch}), nil
+}
+
+// CreateDeltaWatch implements cache.ConfigWatcher for delta streams.
+func (c *Cache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	p, err := ProxyFromNode(req.GetNode())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return c.open(&watch{proxy: p, sub: sub, delta: req, deltaCh: ch}), nil
+}
+
+// Fetch is the REST polling API, which Palisade does not serve.
+func (c *Cache) Fetch(context.Context, *cache.Request) (cache.Response, error) {
+	return nil, status.Error(codes.Unimplemented, "palisade serves xDS over ADS streams only")
+}
+
+func (c *Cache) open(w *watch) func() {
+	c.mu.Lock()
+	c.watches[w] = struct{}{}
+	st := c.state
+	c.mu.Unlock()
+	if st != nil {
+		c.evaluate(st, w)
+	}
+	return func() {
+		w.mu.Lock()
+		w.responded = true
+		w.mu.Unlock()
+		c.mu.Lock()
+		delete(c.watches, w)
+		c.mu.Unlock()
+	}
+}
+
+// evaluate answers a watch if the client lacks what the state has for it.
+func (c *Cache) evaluate(st *state, w *watch) {
+	if !slices.Contains(xds.TypeURLs, w.typeURL()) {
+		return // a type we do not serve: leave the watch open, as the protocol allows
+	}
+	g := st.view(keyOf(w.proxy), c)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.responded {
+		return
+	}
+	var sent bool
+	if w.sotw != nil {
+		sent = c.answerSotw(g, w)
+	} else {
+		sent = c.answerDelta(g, w)
+	}
+	if sent {
+		w.responded = true
+		c.mu.Lock()
+		delete(c.watches, w)
+		c.mu.Unlock()
+	}
+}
+
+// answerSotw sends the full set of requested resources unless the client has that
+// exact set already or rejected it (a NACK is held until the content changes).
+func (c *Cache) answerSotw(g *generated, w *watch) bool {
+	typeURL := w.sotw.GetTypeUrl()
+	entries := g.selected(typeURL, w.sub, w.proxy.Kind)
+	version := sotwVersion(entries, w.sub)
+	if version == w.sotw.GetVersionInfo() {
+		return false
+	}
+	if w.sotw.GetErrorDetail() != nil && version == lastSentVersion(w.sub) {
+		return false
+	}
+	resp := &discovery.DiscoveryResponse{VersionInfo: version, TypeUrl: typeURL, Resources: make([]*anypb.Any, len(entries))}
+	returned := make(map[string]string, len(entries))
+	for i, e := range entries {
+		resp.Resources[i] = e.any
+		returned[e.name] = version
+	}
+	w.sotwCh <- &cache.PassthroughResponse{Request: w.sotw, DiscoveryResponse: resp, ReturnedResources: returned}
+	return true
+}
+
+// lastSentVersion is the version of the last SotW response on the stream: every
+// resource of a SotW response is recorded with the response's version.
+func lastSentVersion(sub cache.Subscription) string {
+	for _, v := range sub.ReturnedResources() {
+		return v
+	}
+	return ""
+}
+
+// sotwVersion identifies a response by its resources and by what was asked: a
+// change of subscription is answered even when the content is the same, so that the
+// client learns which of its names do not exist.
+func sotwVersion(entries []*entry, sub cache.Subscription) string {
+	h := xxhash.New()
+	for _, e := range entries {
+		_, _ = h.WriteString(e.name)
+		_, _ = h.WriteString(e.version)
+	}
+	if !sub.IsWildcard() {
+		names := mesh.SortedKeys(sub.SubscribedResources())
+		_, _ = h.WriteString("\x00subscribed")
+		for _, n := range names {
+			_, _ = h.WriteString(n)
+		}
+	}
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// answerDelta sends the resources whose version differs from what the client has,
+// and the removal of those it has that no longer exist. A NACKed version counts as
+// had: it is not resent until it changes.
+func (c *Cache) answerDelta(g *generated, w *watch) bool {
+	typeURL := w.delta.GetTypeUrl()
+	entries := g.selected(typeURL, w.sub, w.proxy.Kind)
+	returned := w.sub.ReturnedResources()
+	next := make(map[string]string, len(entries))
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}
+	for _, e := range entries {
+		next[e.name] = e.version
+		if returned[e.name] != e.version {
+			resp.Resources = append(resp.Resources, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.any})
+		}
+	}
+	subscribed := w.sub.SubscribedResources()
+	for _, name := range mesh.SortedKeys(returned) {
+		if _, ok := next[name]; ok {
+			continue
+		}
+		if _, ok := subscribed[name]; ok || w.sub.IsWildcard() {
+			resp.RemovedResources = append(resp.RemovedResources, name)
+		}
+	}
+	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 {
+		return false
+	}
+	resp.SystemVersionInfo = sotwVersion(entries, w.sub)
+	w.deltaCh <- &cache.DeltaPassthroughResponse{DeltaRequest: w.delta, NextVersionMap: next, DeltaDiscoveryResponse: resp}
+	return true
+}

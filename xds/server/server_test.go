@@ -1,0 +1,236 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/palisade-mesh/palisade/mesh"
+	"github.com/palisade-mesh/palisade/mesh/config"
+	"github.com/palisade-mesh/palisade/xds"
+	xdsserver "github.com/palisade-mesh/palisade/xds/server"
+)
+
+// meshYAML is a small mesh: n services, the first one split 80/20 (or weightV2).
+func snapshot(t testing.TB, version uint64, services int, weightV2 int) *mesh.Snapshot {
+	t.Helper()
+	var b strings.Builder
+	for i := range services {
+		fmt.Fprintf(&b, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: svc%d}
+spec:
+  hosts: [svc%d.default.svc.cluster.local]
+  ports: [{number: 9080, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.%d.%d, labels: {version: v1}}, {address: 10.1.%d.%d, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: svc%d}
+spec:
+  host: svc%d
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+`, i, i, i/250, i%250, i/250, i%250, i, i)
+	}
+	fmt.Fprintf(&b, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc0}
+spec:
+  hosts: [svc0]
+  http:
+  - route:
+    - {destination: {host: svc0, subset: v1}, weight: %d}
+    - {destination: {host: svc0, subset: v2}, weight: %d}
+`, 100-weightV2, weightV2)
+	objs, diags := config.Decode("test.yaml", []byte(b.String()))
+	if len(diags) > 0 {
+		t.Fatalf("test config: %v", diags)
+	}
+	return mesh.Build(version, objs)
+}
+
+func startServer(t testing.TB) (*xdsserver.Server, discovery.AggregatedDiscoveryServiceClient) {
+	t.Helper()
+	s := xdsserver.New(xdsserver.Config{Address: "127.0.0.1:0"})
+	lis, err := s.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return s, discovery.NewAggregatedDiscoveryServiceClient(conn)
+}
+
+func node(id string, kind mesh.ProxyKind) *core.Node {
+	md := map[string]any{xds.MetaNamespace: "default"}
+	if kind == mesh.KindProxyless {
+		md[xds.MetaGenerator] = xds.GeneratorGRPC
+	}
+	s, _ := structpb.NewStruct(md)
+	return &core.Node{Id: id, Metadata: s}
+}
+
+func recv[T any](t *testing.T, recv func() (T, error)) T {
+	t.Helper()
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() { v, err := recv(); ch <- result{v, err} }()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("receiving: %v", r.err)
+		}
+		return r.v
+	case <-time.After(10 * time.Second):
+		t.Fatal("no response within 10s")
+	}
+	panic("unreachable")
+}
+
+func names(resp *discovery.DiscoveryResponse) []string {
+	var out []string
+	for _, a := range resp.Resources {
+		var l listener.Listener
+		if err := a.UnmarshalTo(&l); err == nil {
+			out = append(out, l.Name)
+			continue
+		}
+		out = append(out, a.TypeUrl)
+	}
+	return out
+}
+
+// A proxyless client asking for one listener gets exactly that listener, even though
+// its view has many, and a server listener made from the address in its name.
+func TestSotwAnswersExactlyTheRequestedNames(t *testing.T) {
+	s, client := startServer(t)
+	s.SetSnapshot(snapshot(t, 1, 5, 20))
+	stream, err := client.StreamAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"grpc/server?xds.resource.listening_address=127.0.0.1:7777", "svc3.default.svc.cluster.local:9080"}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: node("a", mesh.KindProxyless), TypeUrl: resource.ListenerType, ResourceNames: want}); err != nil {
+		t.Fatal(err)
+	}
+	resp := recv(t, stream.Recv)
+	if got := names(resp); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("listeners = %v, want %v", got, want)
+	}
+}
+
+// After a NACK the server holds the rejected version: the next response the client
+// sees is the one for the next configuration, not a resend.
+func TestSotwHoldsNackedVersionUntilConfigChanges(t *testing.T) {
+	s, client := startServer(t)
+	s.SetSnapshot(snapshot(t, 1, 2, 20))
+	stream, err := client.StreamAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &discovery.DiscoveryRequest{Node: node("a", mesh.KindProxyless), TypeUrl: resource.RouteType, ResourceNames: []string{"svc0.default.svc.cluster.local:9080"}}
+	if err := stream.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	first := recv(t, stream.Recv)
+	nack := &discovery.DiscoveryRequest{TypeUrl: resource.RouteType, ResourceNames: req.ResourceNames, ResponseNonce: first.Nonce,
+		ErrorDetail: &status.Status{Code: 3, Message: "rejected for the test"}}
+	if err := stream.Send(nack); err != nil {
+		t.Fatal(err)
+	}
+	// A resend would arrive at once; give it the chance before changing the config.
+	time.Sleep(200 * time.Millisecond)
+	s.SetSnapshot(snapshot(t, 2, 2, 100))
+	second := recv(t, stream.Recv)
+	if second.VersionInfo == first.VersionInfo {
+		t.Fatalf("the NACKed version %s was sent again", first.VersionInfo)
+	}
+	st := s.Tracker().Status()
+	if len(st) != 1 || len(st[0].Types) != 1 || st[0].Types[0].Nacked != first.VersionInfo || st[0].Types[0].NackError != "rejected for the test" {
+		t.Fatalf("syncz does not report the NACK: %+v", st)
+	}
+}
+
+// A change to one route sends only that route over delta xDS, and an ACK gets no
+// resend.
+func TestDeltaSendsOnlyChangedResources(t *testing.T) {
+	s, client := startServer(t)
+	s.SetSnapshot(snapshot(t, 1, 50, 20))
+	stream, err := client.DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: node("envoy", mesh.KindSidecar), TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	full := recv(t, stream.Recv)
+	if n := len(full.Resources); n != 50*3+2 {
+		t.Fatalf("wildcard CDS has %d clusters, want %d", n, 50*3+2)
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: full.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	routes := "9080"
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.RouteType, ResourceNamesSubscribe: []string{routes}}); err != nil {
+		t.Fatal(err)
+	}
+	r1 := recv(t, stream.Recv)
+	if r1.TypeUrl != resource.RouteType || len(r1.Resources) != 1 {
+		t.Fatalf("expected the route configuration, got %s with %d resources", r1.TypeUrl, len(r1.Resources))
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.RouteType, ResponseNonce: r1.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	// Clusters are unchanged by a weight change; only the route is sent.
+	s.SetSnapshot(snapshot(t, 2, 50, 100))
+	r2 := recv(t, stream.Recv)
+	if r2.TypeUrl != resource.RouteType || len(r2.Resources) != 1 || r2.Resources[0].Version == r1.Resources[0].Version {
+		t.Fatalf("after a weight change got %s with %d resources", r2.TypeUrl, len(r2.Resources))
+	}
+}
+
+// A node without a namespace is refused with a message saying what is missing.
+func TestRejectsNodeWithoutNamespace(t *testing.T) {
+	s, client := startServer(t)
+	s.SetSnapshot(snapshot(t, 1, 1, 20))
+	stream, err := client.StreamAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "x"}, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	if err == nil || !strings.Contains(err.Error(), "NAMESPACE is required") {
+		t.Fatalf("got %v, want an error naming the missing NAMESPACE", err)
+	}
+}
+
