@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"slices"
+	"strings"
 )
 
 // ProxyKind says which generator serves a proxy.
@@ -38,8 +39,21 @@ type View struct {
 	Services []*Service
 	// VirtualServices visible and bound to the mesh (sidecars and proxyless clients),
 	// in precedence order.
-	VirtualServices  []*VirtualService
-	destinationRules []*DestinationRule
+	VirtualServices []*VirtualService
+
+	// Indexes, so that a lookup does not scan every rule: exact hosts by name,
+	// wildcard hosts in precedence order.
+	vsByHost    map[string]*VirtualService
+	vsWildcards []hostRule[*VirtualService]
+	drByNsHost  map[nsHost]*DestinationRule
+	drWildcards []hostRule[*DestinationRule]
+}
+
+type nsHost struct{ namespace, host string }
+
+type hostRule[T any] struct {
+	pattern string
+	rule    T
 }
 
 // ViewFor computes the view of namespace ns.
@@ -66,9 +80,25 @@ func (s *Snapshot) ViewFor(ns string) *View {
 	slices.SortStableFunc(v.VirtualServices, func(a, b *VirtualService) int {
 		return boolRank(a.Key.Namespace == ns) - boolRank(b.Key.Namespace == ns)
 	})
+	v.vsByHost = map[string]*VirtualService{}
+	for _, vs := range v.VirtualServices {
+		for _, h := range vs.Hosts {
+			if strings.Contains(h, "*") {
+				v.vsWildcards = append(v.vsWildcards, hostRule[*VirtualService]{h, vs})
+			} else if _, dup := v.vsByHost[h]; !dup {
+				v.vsByHost[h] = vs
+			}
+		}
+	}
+	v.drByNsHost = map[nsHost]*DestinationRule{}
 	for _, dr := range s.DestinationRules {
-		if dr.ExportTo.VisibleTo(ns) || dr.Key.Namespace == ns {
-			v.destinationRules = append(v.destinationRules, dr)
+		if !dr.ExportTo.VisibleTo(ns) && dr.Key.Namespace != ns {
+			continue
+		}
+		if strings.Contains(dr.Host, "*") {
+			v.drWildcards = append(v.drWildcards, hostRule[*DestinationRule]{dr.Host, dr})
+		} else if k := (nsHost{dr.Key.Namespace, dr.Host}); v.drByNsHost[k] == nil {
+			v.drByNsHost[k] = dr
 		}
 	}
 	return v
@@ -108,18 +138,15 @@ func (v *View) Service(host string) *Service {
 // VirtualServiceFor returns the VirtualService that routes host, or nil. An exact
 // host match wins over a wildcard; otherwise the first in precedence order wins.
 func (v *View) VirtualServiceFor(host string) *VirtualService {
-	var wildcard *VirtualService
-	for _, vs := range v.VirtualServices {
-		for _, h := range vs.Hosts {
-			if h == host {
-				return vs
-			}
-			if wildcard == nil && HostMatches(h, host) {
-				wildcard = vs
-			}
+	if vs := v.vsByHost[host]; vs != nil {
+		return vs
+	}
+	for _, w := range v.vsWildcards {
+		if HostMatches(w.pattern, host) {
+			return w.rule
 		}
 	}
-	return wildcard
+	return nil
 }
 
 // DestinationRuleFor returns the DestinationRule for a service: the proxy's
@@ -127,20 +154,13 @@ func (v *View) VirtualServiceFor(host string) *VirtualService {
 // lookup order. An exact host wins over a wildcard within each namespace.
 func (v *View) DestinationRuleFor(svc *Service) *DestinationRule {
 	for _, ns := range []string{v.Namespace, svc.Namespace, RootNamespace} {
-		var wildcard *DestinationRule
-		for _, dr := range v.destinationRules {
-			if dr.Key.Namespace != ns {
-				continue
-			}
-			if dr.Host == svc.Hostname {
-				return dr
-			}
-			if wildcard == nil && HostMatches(dr.Host, svc.Hostname) {
-				wildcard = dr
-			}
+		if dr := v.drByNsHost[nsHost{ns, svc.Hostname}]; dr != nil {
+			return dr
 		}
-		if wildcard != nil {
-			return wildcard
+		for _, w := range v.drWildcards {
+			if w.rule.Key.Namespace == ns && HostMatches(w.pattern, svc.Hostname) {
+				return w.rule
+			}
 		}
 	}
 	return nil

@@ -1,0 +1,35 @@
+# Palisade's entry points. The README's two commands are `make run` and `make test`.
+SHELL := /bin/bash
+GO    ?= go
+
+.PHONY: run build test test-go lint bench bench-go bench-xds demo
+
+## run: build and start palisaded on the example mesh (examples/mesh).
+run:
+	$(GO) run ./cmd/palisaded --config-dir examples/mesh
+
+## build: build every binary into bin/.
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+## test: the whole test suite, as CI runs it (installs its own tools first).
+test:
+	./scripts/test.sh
+
+## lint: gofmt and go vet.
+lint:
+	./scripts/lint.sh
+
+## bench: Go benchmarks of translation, then the xDS benchmark program.
+bench: bench-go bench-xds
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/ ./xds/server/
+
+bench-xds:
+	$(GO) run ./bench/xds --services 1000 --clients 500 --kind proxyless
+	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar
+
+## demo: the live routing demo in examples/demo.
+demo:
+	./examples/demo/run.sh
