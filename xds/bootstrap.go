@@ -64,7 +64,6 @@ func (o BootstrapOptions) nodeMetadata(kind mesh.ProxyKind) map[string]any {
 	return md
 }
 
-
 func (o BootstrapOptions) check() error {
 	if o.NodeID == "" {
 		return fmt.Errorf("bootstrap: a node ID is required")
@@ -142,8 +141,8 @@ func EnvoyBootstrap(o BootstrapOptions, adminPort uint32, delta bool) (*bootstra
 		TypedExtensionProtocolOptions: http2ProtocolOptions(),
 	}
 	return &bootstrap.Bootstrap{
-		Node: &core.Node{Id: o.NodeID, Cluster: o.Namespace, Metadata: md},
-		Admin: &bootstrap.Admin{Address: socketAddress("127.0.0.1", adminPort)},
+		Node:            &core.Node{Id: o.NodeID, Cluster: o.Namespace, Metadata: md},
+		Admin:           &bootstrap.Admin{Address: socketAddress("127.0.0.1", adminPort)},
 		StaticResources: &bootstrap.Bootstrap_StaticResources{Clusters: []*cluster.Cluster{xdsCluster}},
 		DynamicResources: &bootstrap.Bootstrap_DynamicResources{
 			AdsConfig: &core.ApiConfigSource{

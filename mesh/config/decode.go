@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
+	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -100,7 +102,7 @@ func decodeDocument(src Source, doc []byte) (obj Object, skip string, err error)
 	}
 	specJSON, err := normalizedSpec(env.Spec, spec)
 	if err != nil {
-		return obj, "", fmt.Errorf("spec: %w", err)
+		return obj, "", err
 	}
 	if err := protojson.Unmarshal(specJSON, spec); err != nil {
 		return obj, "", fmt.Errorf("spec: %s", protojsonMessage(err))
@@ -113,21 +115,35 @@ func decodeDocument(src Source, doc []byte) (obj Object, skip string, err error)
 }
 
 // normalizedSpec rewrites the spec's duration strings into the form protojson reads.
+// Its errors name the offending field.
 func normalizedSpec(raw json.RawMessage, spec proto.Message) ([]byte, error) {
 	var v any
 	if err := json.Unmarshal(raw, &v); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("spec: %w", err)
 	}
 	if _, ok := v.(map[string]any); !ok {
-		return nil, errors.New("must be an object")
+		return nil, errors.New("spec: must be an object")
 	}
-	normalizeDurations(spec.ProtoReflect().Descriptor(), v)
+	var errs []error
+	normalizeDurations(spec.ProtoReflect().Descriptor(), v, "spec", &errs)
+	if len(errs) > 0 {
+		// Map iteration found them in random order; report them in a stable one.
+		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+		return nil, errors.Join(errs...)
+	}
 	return json.Marshal(v)
 }
 
-// protojsonMessage strips the "proto: " prefix protojson puts on its errors.
+// protojsonPosition is the "(line 1:225): " part of a protojson error; it points into
+// the re-encoded JSON rather than the user's YAML, so it is dropped.
+var protojsonPosition = regexp.MustCompile(`^\(line \d+:\d+\):[\s\x{00a0}]*`)
+
+// protojsonMessage strips the "proto: " prefix and the position protojson puts on its
+// errors. The prefix is followed by a space or, at random, a no-break space (protobuf's
+// way of keeping callers from matching error text), hence the TrimLeft.
 func protojsonMessage(err error) string {
-	return strings.TrimPrefix(strings.TrimPrefix(err.Error(), "proto:"), " ")
+	msg := strings.TrimLeft(strings.TrimPrefix(err.Error(), "proto:"), " \u00a0")
+	return protojsonPosition.ReplaceAllString(msg, "")
 }
 
 // splitDocuments splits a multi-document YAML stream on "---" separator lines.

@@ -1,17 +1,23 @@
 package config
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // normalizeDurations rewrites duration strings in Go notation ("500ms", "1m30s"),
 // which Istio accepts, into the protobuf JSON form ("0.500s") that protojson reads.
-// v is a decoded JSON value of message type md; it is changed in place.
-func normalizeDurations(md protoreflect.MessageDescriptor, v any) {
+// v is a decoded JSON value of message type md found at field path path; it is
+// changed in place. A value that is a duration in neither form is added to errs with
+// its field path, which protojson's own error would not name.
+func normalizeDurations(md protoreflect.MessageDescriptor, v any, path string, errs *[]error) {
 	obj, ok := v.(map[string]any)
 	if !ok {
 		return
@@ -32,46 +38,60 @@ func normalizeDurations(md protoreflect.MessageDescriptor, v any) {
 				continue
 			}
 		}
-		apply := func(x any) any {
+		apply := func(field string, x any) any {
 			if elem.FullName() == "google.protobuf.Duration" {
-				return normalizeDuration(x)
+				d, err := normalizeDuration(x)
+				if err != nil {
+					*errs = append(*errs, fmt.Errorf("%s: %w", field, err))
+				}
+				return d
 			}
-			normalizeDurations(elem, x)
+			normalizeDurations(elem, x, field, errs)
 			return x
 		}
+		field := path + "." + key
 		switch {
 		case fd.IsList():
 			if list, ok := val.([]any); ok {
 				for i := range list {
-					list[i] = apply(list[i])
+					list[i] = apply(fmt.Sprintf("%s[%d]", field, i), list[i])
 				}
 			}
 		case fd.IsMap():
 			if m, ok := val.(map[string]any); ok {
 				for k := range m {
-					m[k] = apply(m[k])
+					m[k] = apply(fmt.Sprintf("%s[%s]", field, k), m[k])
 				}
 			}
 		default:
-			obj[key] = apply(val)
+			obj[key] = apply(field, val)
 		}
 	}
 }
 
-func normalizeDuration(x any) any {
+// normalizeDuration returns x in protobuf JSON form, or x unchanged with an error.
+func normalizeDuration(x any) (any, error) {
 	s, ok := x.(string)
 	if !ok {
-		return x
-	}
-	// Already in protobuf form: a decimal number of seconds.
-	if n, found := strings.CutSuffix(s, "s"); found {
-		if _, err := strconv.ParseFloat(n, 64); err == nil {
-			return s
+		if x == nil {
+			return nil, nil // null leaves the field unset
 		}
+		return x, errors.New("a duration must be a string such as 1.5s or 500ms")
 	}
-	d, err := time.ParseDuration(s)
+	if d, err := time.ParseDuration(s); err == nil {
+		js, err := protojson.Marshal(durationpb.New(d))
+		if err != nil {
+			return x, fmt.Errorf("duration %q is out of range", s)
+		}
+		return strconv.Unquote(string(js))
+	}
+	// Not Go notation: accept it only if it is already in protobuf form.
+	js, err := json.Marshal(s)
+	if err == nil {
+		err = protojson.Unmarshal(js, new(durationpb.Duration))
+	}
 	if err != nil {
-		return s // let protojson report it
+		return x, fmt.Errorf("%q is not a duration such as 1.5s or 500ms", s)
 	}
-	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
+	return s, nil
 }

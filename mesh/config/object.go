@@ -7,8 +7,8 @@ package config
 import (
 	"fmt"
 
-	networking "istio.io/api/networking/v1alpha3"
 	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // Kind names a supported object kind.

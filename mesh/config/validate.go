@@ -3,12 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
-	networking "istio.io/api/networking/v1alpha3"
 	"google.golang.org/protobuf/types/known/durationpb"
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // Validate checks an object's spec against the rules Istio documents for its kind.
@@ -31,6 +33,12 @@ func Validate(obj Object) error {
 }
 
 type validator struct{ errs []error }
+
+// sortedKeys returns a map's keys in order, so that problems are reported in the
+// same order every time the same document is read.
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	return slices.Sorted(maps.Keys(m))
+}
 
 func (v *validator) errorf(field, format string, args ...any) {
 	v.errs = append(v.errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
@@ -143,7 +151,7 @@ func (v *validator) serviceEntry(s *networking.ServiceEntry) {
 			continue
 		}
 		v.workloadEntry(f, ep, s.Resolution == networking.ServiceEntry_STATIC)
-		for name := range ep.Ports {
+		for _, name := range sortedKeys(ep.Ports) {
 			if !names[name] {
 				v.errorf(f+".ports", "port name %q is not one of the service's ports", name)
 			}
@@ -170,8 +178,8 @@ func (v *validator) workloadEntry(f string, w *networking.WorkloadEntry, needIP 
 			}
 		}
 	}
-	for name, p := range w.Ports {
-		v.port(fmt.Sprintf("%s.ports[%s]", f, name), p)
+	for _, name := range sortedKeys(w.Ports) {
+		v.port(fmt.Sprintf("%s.ports[%s]", f, name), w.Ports[name])
 	}
 	if w.Locality != "" && strings.Count(w.Locality, "/") > 2 {
 		v.errorf(f+".locality", "%q has more than region/zone/subzone", w.Locality)
@@ -240,15 +248,15 @@ func (v *validator) httpRoute(f string, r *networking.HTTPRoute) {
 			v.errorf(mf+".uri", "one of exact, prefix or regex is required")
 		}
 		v.stringMatch(mf+".uri", m.Uri)
-		for name, sm := range m.Headers {
+		for _, name := range sortedKeys(m.Headers) {
 			hf := fmt.Sprintf("%s.headers[%s]", mf, name)
 			if name == "" || strings.ToLower(name) != name {
 				v.errorf(hf, "header names must be lowercase")
 			}
-			v.stringMatch(hf, sm)
+			v.stringMatch(hf, m.Headers[name])
 		}
-		for name, sm := range m.WithoutHeaders {
-			v.stringMatch(fmt.Sprintf("%s.withoutHeaders[%s]", mf, name), sm)
+		for _, name := range sortedKeys(m.WithoutHeaders) {
+			v.stringMatch(fmt.Sprintf("%s.withoutHeaders[%s]", mf, name), m.WithoutHeaders[name])
 		}
 		if m.Port != 0 {
 			v.port(mf+".port", m.Port)

@@ -233,4 +233,3 @@ func TestRejectsNodeWithoutNamespace(t *testing.T) {
 		t.Fatalf("got %v, want an error naming the missing NAMESPACE", err)
 	}
 }
-

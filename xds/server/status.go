@@ -182,7 +182,9 @@ func (t *Tracker) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) err
 }
 
 // OnDeltaStreamClosed implements go-control-plane's callbacks.
-func (t *Tracker) OnDeltaStreamClosed(id int64, _ *core.Node) { t.closed(streamKey{id: id, delta: true}) }
+func (t *Tracker) OnDeltaStreamClosed(id int64, _ *core.Node) {
+	t.closed(streamKey{id: id, delta: true})
+}
 
 // OnStreamRequest implements go-control-plane's callbacks.
 func (t *Tracker) OnStreamRequest(id int64, r *discovery.DiscoveryRequest) error {
