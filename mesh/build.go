@@ -100,6 +100,9 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 		}
 	}
 	slices.SortStableFunc(eps, func(a, c *Endpoint) int { return cmp.Compare(a.Address, c.Address) })
+	if se.Resolution != networking.ServiceEntry_STATIC && se.Resolution != networking.ServiceEntry_NONE {
+		b.report(config.SeverityWarning, o.Key, o.Source, "spec.resolution %s is not supported yet: only endpoints with IP addresses are served", se.Resolution)
+	}
 
 	for _, h := range se.Hosts {
 		b.snap.Services = append(b.snap.Services, &Service{
@@ -180,13 +183,50 @@ func (b *builder) checkVirtualServices() {
 			}
 			seen[k] = vs.Key
 		}
+		if len(vs.Spec.Tcp) > 0 || len(vs.Spec.Tls) > 0 {
+			b.report(config.SeverityWarning, vs.Key, vs.Source, "spec.tcp and spec.tls routes are not translated yet and are ignored")
+		}
 		for i, r := range vs.Spec.Http {
+			for _, field := range unsupportedHTTPFields(r) {
+				b.report(config.SeverityWarning, vs.Key, vs.Source, "spec.http[%d].%s is not translated yet and is ignored", i, field)
+			}
 			for j, d := range r.Route {
 				field := fmt.Sprintf("spec.http[%d].route[%d].destination", i, j)
 				b.checkDestination(vs, field, d.Destination)
 			}
 		}
 	}
+}
+
+// unsupportedHTTPFields names the fields of an HTTP route that the translators do not
+// implement yet, so that users learn they are ignored.
+func unsupportedHTTPFields(r *networking.HTTPRoute) []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"redirect", r.Redirect != nil}, {"directResponse", r.DirectResponse != nil}, {"delegate", r.Delegate != nil},
+		{"rewrite", r.Rewrite != nil}, {"fault", r.Fault != nil}, {"mirror", r.Mirror != nil || len(r.Mirrors) > 0},
+		{"corsPolicy", r.CorsPolicy != nil}, {"headers", r.Headers != nil},
+	} {
+		if f.set {
+			out = append(out, f.name)
+		}
+	}
+	for _, m := range r.Match {
+		if len(m.SourceLabels) > 0 {
+			out = append(out, "match[].sourceLabels (such a condition never matches yet)")
+			break
+		}
+	}
+	for _, d := range r.Route {
+		if d.Headers != nil {
+			out = append(out, "route[].headers")
+			break
+		}
+	}
+	return out
 }
 
 func (b *builder) checkDestination(vs *VirtualService, field string, d *networking.Destination) {

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"slices"
+
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -60,6 +62,17 @@ func (g *generator) routeMatches(hr *networking.HTTPRoute, port mesh.Port) []*ro
 	var out []*route.RouteMatch
 	for _, m := range hr.Match {
 		if m.Port != 0 && m.Port != port.Number {
+			continue
+		}
+		if m.SourceNamespace != "" && m.SourceNamespace != g.view.Namespace {
+			continue
+		}
+		if len(m.Gateways) > 0 && !slices.Contains(m.Gateways, "mesh") {
+			continue
+		}
+		// Translations are shared per namespace and do not know a proxy's labels; a
+		// condition on them is never met rather than met by everyone.
+		if len(m.SourceLabels) > 0 {
 			continue
 		}
 		out = append(out, routeMatch(m))

@@ -1,0 +1,188 @@
+package mesh_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/palisade-mesh/palisade/mesh"
+	"github.com/palisade-mesh/palisade/mesh/config"
+)
+
+func build(t *testing.T, yaml string) *mesh.Snapshot {
+	t.Helper()
+	objs, diags := config.Decode("t.yaml", []byte(yaml))
+	for _, d := range diags {
+		t.Fatalf("test input: %v", d)
+	}
+	return mesh.Build(7, objs)
+}
+
+const services = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  ports: [{number: 9080, name: grpc, protocol: grpc}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: r2, namespace: shop}
+spec: {address: 10.0.0.2, labels: {app: reviews, version: v2}, ports: {grpc: 8000}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: r1, namespace: shop}
+spec: {address: 10.0.0.1, labels: {app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other-namespace, namespace: elsewhere}
+spec: {address: 10.0.0.3, labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secret, namespace: shop}
+spec:
+  hosts: [secret.shop.svc.cluster.local]
+  exportTo: ["."]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.1.1}]
+`
+
+func TestBuildServicesAndEndpoints(t *testing.T) {
+	snap := build(t, services)
+	if snap.Version != 7 {
+		t.Errorf("version %d", snap.Version)
+	}
+	v := snap.ViewFor("shop")
+	svc := v.Service("reviews.shop.svc.cluster.local")
+	if svc == nil {
+		t.Fatal("short host not qualified with the ServiceEntry's namespace")
+	}
+	if svc.Ports[0].Protocol != "GRPC" {
+		t.Errorf("protocol %q not upper-cased", svc.Ports[0].Protocol)
+	}
+	var addrs []string
+	for _, e := range svc.Endpoints {
+		addrs = append(addrs, e.Address)
+	}
+	// Selected WorkloadEntries of the same namespace only, sorted by address.
+	if got := strings.Join(addrs, ","); got != "10.0.0.1,10.0.0.2" {
+		t.Errorf("endpoints %s", got)
+	}
+	if p := svc.Endpoints[1].PortFor(svc.Ports[0]); p != 8000 {
+		t.Errorf("named port mapping gives %d, want 8000", p)
+	}
+	if p := svc.Endpoints[0].PortFor(svc.Ports[0]); p != 9080 {
+		t.Errorf("unmapped port gives %d, want the service port", p)
+	}
+}
+
+func TestExportToLimitsVisibility(t *testing.T) {
+	snap := build(t, services)
+	if snap.ViewFor("shop").Service("secret.shop.svc.cluster.local") == nil {
+		t.Error("exportTo . hides a service from its own namespace")
+	}
+	if snap.ViewFor("web").Service("secret.shop.svc.cluster.local") != nil {
+		t.Error("exportTo . service visible from another namespace")
+	}
+	if snap.ViewFor("web").Service("reviews.shop.svc.cluster.local") == nil {
+		t.Error("a service without exportTo is not visible everywhere")
+	}
+}
+
+func TestDestinationRulePrecedence(t *testing.T) {
+	snap := build(t, services+`---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: owner, namespace: shop}
+spec: {host: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: client, namespace: web}
+spec: {host: reviews.shop.svc.cluster.local}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mesh-default, namespace: istio-system}
+spec: {host: "*.svc.cluster.local"}
+`)
+	svc := snap.ViewFor("shop").Service("reviews.shop.svc.cluster.local")
+	for ns, want := range map[string]string{"web": "client", "shop": "owner", "other": "owner"} {
+		if dr := snap.ViewFor(ns).DestinationRuleFor(svc); dr == nil || dr.Key.Name != want {
+			t.Errorf("proxy in %s: got %v, want %s", ns, dr, want)
+		}
+	}
+	secret := snap.ViewFor("shop").Service("secret.shop.svc.cluster.local")
+	if dr := snap.ViewFor("shop").DestinationRuleFor(secret); dr == nil || dr.Key.Name != "mesh-default" {
+		t.Errorf("root namespace wildcard rule not applied: %v", dr)
+	}
+}
+
+func TestVirtualServiceSelection(t *testing.T) {
+	snap := build(t, services+`---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-wildcard, namespace: shop}
+spec:
+  hosts: ["*.shop.svc.cluster.local"]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-exact, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: c-gateway-only, namespace: shop}
+spec:
+  hosts: [secret]
+  gateways: [ingress]
+  http: [{route: [{destination: {host: secret}}]}]
+`)
+	v := snap.ViewFor("shop")
+	if vs := v.VirtualServiceFor("reviews.shop.svc.cluster.local"); vs == nil || vs.Key.Name != "b-exact" {
+		t.Errorf("exact host should win over an earlier wildcard: %v", vs)
+	}
+	if vs := v.VirtualServiceFor("secret.shop.svc.cluster.local"); vs == nil || vs.Key.Name != "a-wildcard" {
+		t.Errorf("a gateway-only VirtualService must not bind to sidecars: %v", vs)
+	}
+}
+
+func TestBuildReportsUnresolvedReferences(t *testing.T) {
+	snap := build(t, services+`---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v9}, weight: 50}
+    - {destination: {host: nowhere}, weight: 25}
+    - {destination: {host: reviews, port: {number: 1234}}, weight: 25}
+    fault: {abort: {httpStatus: 503, percentage: {value: 1}}}
+`)
+	var msgs []string
+	for _, d := range snap.Diagnostics {
+		msgs = append(msgs, d.String())
+	}
+	all := strings.Join(msgs, "\n")
+	for _, want := range []string{
+		`spec.http[0].route[0].destination.subset: unknown subset "v9"`,
+		"spec.http[0].route[1].destination.host: unknown host nowhere.shop.svc.cluster.local",
+		"spec.http[0].route[2].destination.port: service reviews.shop.svc.cluster.local has no port 1234",
+		"spec.http[0].fault is not translated yet",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("missing diagnostic %q in:\n%s", want, all)
+		}
+	}
+}
