@@ -62,6 +62,9 @@ func decodeDocument(src Source, doc []byte) (obj Object, skip string, err error)
 	if len(doc) > MaxDocumentBytes {
 		return obj, "", fmt.Errorf("document is %d bytes, larger than the %d byte limit", len(doc), MaxDocumentBytes)
 	}
+	if len(bytes.TrimSpace(doc)) == 0 {
+		return obj, "", nil // a stream of separators should not cost a YAML parse each
+	}
 	js, err := yaml.YAMLToJSON(doc)
 	if err != nil {
 		return obj, "", fmt.Errorf("invalid YAML: %w", err)

@@ -1,0 +1,358 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/palisade-mesh/palisade/mesh/config"
+)
+
+// Minimal valid documents, one per kind; the bad cases below change one thing each.
+const (
+	serviceEntry = `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, ports: {http: 8080}}]
+`
+	workloadEntry = `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: shop, labels: {team: a}}
+spec:
+  address: 10.0.0.2
+  labels: {app: reviews}
+  locality: us-east/zone1
+`
+	virtualService = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /api}, headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms}
+`
+	destinationRule = `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+`
+)
+
+func TestDecodeValid(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want config.Key
+	}{
+		{"ServiceEntry", serviceEntry, config.Key{Kind: config.KindServiceEntry, Namespace: "shop", Name: "reviews"}},
+		{"WorkloadEntry", workloadEntry, config.Key{Kind: config.KindWorkloadEntry, Namespace: "shop", Name: "reviews-v1"}},
+		{"VirtualService", virtualService, config.Key{Kind: config.KindVirtualService, Namespace: "shop", Name: "reviews"}},
+		{"DestinationRule", destinationRule, config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
+		{"v1beta1", strings.Replace(destinationRule, "/v1\n", "/v1beta1\n", 1), config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
+		{"v1alpha3", strings.Replace(destinationRule, "/v1\n", "/v1alpha3\n", 1), config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
+		{"default namespace", strings.Replace(destinationRule, ", namespace: shop", "", 1), config.Key{Kind: config.KindDestinationRule, Namespace: config.DefaultNamespace, Name: "reviews"}},
+		{"header presence match", strings.Replace(virtualService, "{exact: jason}", "{}", 1), config.Key{Kind: config.KindVirtualService, Namespace: "shop", Name: "reviews"}},
+		{"protobuf duration", strings.Replace(virtualService, "timeout: 2s", "timeout: 1.5s", 1), config.Key{Kind: config.KindVirtualService, Namespace: "shop", Name: "reviews"}},
+		{"weighted split", strings.Replace(virtualService, "route: [{destination: {host: reviews, subset: v1}}]",
+			"route: [{destination: {host: reviews}, weight: 80}, {destination: {host: ratings}, weight: 20}]", 1),
+			config.Key{Kind: config.KindVirtualService, Namespace: "shop", Name: "reviews"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs, diags := config.Decode("f.yaml", []byte(tt.doc))
+			if len(diags) != 0 {
+				t.Fatalf("unexpected diagnostics: %v", diags)
+			}
+			if len(objs) != 1 {
+				t.Fatalf("got %d objects, want 1", len(objs))
+			}
+			o := objs[0]
+			if o.Key != tt.want {
+				t.Errorf("key = %v, want %v", o.Key, tt.want)
+			}
+			if o.Source != (config.Source{File: "f.yaml", Index: 0}) {
+				t.Errorf("source = %v, want f.yaml[doc 0]", o.Source)
+			}
+			if o.Spec == nil {
+				t.Error("spec is nil")
+			}
+		})
+	}
+}
+
+func TestDecodeFields(t *testing.T) {
+	objs, diags := config.Decode("f.yaml", []byte(virtualService+"---\n"+workloadEntry))
+	if len(diags) != 0 || len(objs) != 2 {
+		t.Fatalf("got %d objects and diagnostics %v, want 2 objects", len(objs), diags)
+	}
+	vs := objs[0].Spec.(*networking.VirtualService)
+	// Durations in Go notation, as Istio accepts them.
+	if got := vs.Http[0].Timeout.AsDuration(); got != 2*time.Second {
+		t.Errorf("timeout = %v, want 2s", got)
+	}
+	if got := vs.Http[0].Retries.PerTryTimeout.AsDuration(); got != 500*time.Millisecond {
+		t.Errorf("perTryTimeout = %v, want 500ms", got)
+	}
+	if got := objs[1].Labels["team"]; got != "a" {
+		t.Errorf("metadata.labels[team] = %q, want a", got)
+	}
+	if objs[1].Source.Index != 1 {
+		t.Errorf("second object has index %d, want 1", objs[1].Source.Index)
+	}
+}
+
+func TestDecodeDocuments(t *testing.T) {
+	tests := []struct {
+		name        string
+		data        string
+		wantIndexes []int // Source.Index of each decoded object
+		wantDiags   []config.Severity
+	}{
+		{"empty file", "", nil, nil},
+		{"comments only", "# nothing here\n", nil, nil},
+		{"leading separator", "---\n" + serviceEntry + "---\n" + destinationRule, []int{0, 1}, nil},
+		{"trailing separator", serviceEntry + "---\n", []int{0}, nil},
+		{"separator with comment", serviceEntry + "--- # next\n" + destinationRule, []int{0, 1}, nil},
+		{"empty document between", serviceEntry + "---\n---\n" + destinationRule, []int{0, 2}, nil},
+		{"CRLF line ends", strings.ReplaceAll(serviceEntry+"---\n"+destinationRule, "\n", "\r\n"), []int{0, 1}, nil},
+		{"other kind skipped", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n" + destinationRule, []int{1}, []config.Severity{config.SeverityWarning}},
+		{"bad document among good", serviceEntry + "---\nkind: [\n---\n" + destinationRule, []int{0, 2}, []config.Severity{config.SeverityError}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs, diags := config.Decode("f.yaml", []byte(tt.data))
+			var indexes []int
+			for _, o := range objs {
+				indexes = append(indexes, o.Source.Index)
+			}
+			if !equal(indexes, tt.wantIndexes) {
+				t.Errorf("object indexes = %v, want %v", indexes, tt.wantIndexes)
+			}
+			var sevs []config.Severity
+			for _, d := range diags {
+				sevs = append(sevs, d.Severity)
+			}
+			if !equal(sevs, tt.wantDiags) {
+				t.Errorf("diagnostics = %v, want severities %v", diags, tt.wantDiags)
+			}
+		})
+	}
+}
+
+func equal[T comparable](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDecodeInvalid(t *testing.T) {
+	// replace applies old→new pairs to a valid document.
+	replace := func(doc string, oldNew ...string) string {
+		out := strings.NewReplacer(oldNew...).Replace(doc)
+		if out == doc {
+			panic("replacement did not change the document: " + oldNew[0])
+		}
+		return out
+	}
+	const se, we, vs, dr = serviceEntry, workloadEntry, virtualService, destinationRule
+	tests := []struct {
+		name string
+		doc  string
+		want string // the field path (or fragment of the message) the diagnostic must name
+	}{
+		{"invalid YAML", "kind: [", "invalid YAML"},
+		{"not an object", "- a\n- b\n", "not a Kubernetes-style object"},
+		{"no kind", replace(dr, "kind: DestinationRule\n", ""), "kind"},
+		{"no apiVersion", replace(dr, "apiVersion: networking.istio.io/v1\n", ""), "apiVersion"},
+		{"unsupported version", replace(dr, "istio.io/v1\n", "istio.io/v2\n"), "apiVersion"},
+		{"no name", replace(dr, "name: reviews, ", ""), "metadata.name"},
+		{"bad name", replace(dr, "name: reviews", "name: Reviews_1"), "metadata.name"},
+		{"bad namespace", replace(dr, "namespace: shop", "namespace: a.b"), "metadata.namespace"},
+		{"no spec", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\n", "spec"},
+		{"spec not an object", replace(dr, "spec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}]\n", "spec: [1]\n"), "spec"},
+		{"unknown spec field", replace(dr, "host:", "hots:"), "hots"},
+		{"wrong field type", replace(dr, "host: reviews", "host: [reviews]"), "host"},
+		{"bad duration", replace(vs, "timeout: 2s", "timeout: soon"), "timeout"},
+
+		{"SE no hosts", replace(se, "hosts: [reviews.shop.svc.cluster.local]", "hosts: []"), "spec.hosts"},
+		{"SE wildcard host", replace(se, "hosts: [reviews.shop.svc.cluster.local]", "hosts: ['*']"), "spec.hosts[0]"},
+		{"SE bad host", replace(se, "hosts: [reviews.shop.svc.cluster.local]", "hosts: [a, 'b c']"), "spec.hosts[1]"},
+		{"SE bad address", replace(se, "resolution:", "addresses: [10.0.0.0/33]\n  resolution:"), "spec.addresses[0]"},
+		{"SE no ports", replace(se, "ports: [{number: 9080, name: http, protocol: HTTP}]", "ports: []"), "spec.ports"},
+		{"SE port out of range", replace(se, "number: 9080", "number: 70000"), "spec.ports[0].number"},
+		{"SE port name missing", replace(se, "name: http, ", ""), "spec.ports[0].name"},
+		{"SE duplicate port name", replace(se, "ports: [{number: 9080, name: http, protocol: HTTP}]",
+			"ports: [{number: 9080, name: http}, {number: 9081, name: http}]"), "spec.ports[1].name"},
+		{"SE unknown protocol", replace(se, "protocol: HTTP", "protocol: SMTP"), "spec.ports[0].protocol"},
+		{"SE selector and endpoints", replace(se, "resolution:", "workloadSelector: {labels: {app: x}}\n  resolution:"), "spec.workloadSelector"},
+		{"SE STATIC endpoint not IP", replace(se, "address: 10.0.0.1", "address: reviews.example.com"), "spec.endpoints[0].address"},
+		{"SE endpoint unknown port", replace(se, "ports: {http: 8080}", "ports: {grpc: 8080}"), "spec.endpoints[0].ports"},
+		{"SE endpoints need resolution", replace(se, "resolution: STATIC", "resolution: NONE"), "spec.resolution"},
+		{"SE bad exportTo", replace(se, "resolution:", "exportTo: [Shop]\n  resolution:"), "spec.exportTo[0]"},
+
+		{"WE no address", replace(we, "address: 10.0.0.2", "network: n1"), "spec.address"},
+		{"WE unix socket", replace(we, "address: 10.0.0.2", "address: unix:///var/run/app.sock"), "spec.address"},
+		{"WE bad port", replace(we, "locality:", "ports: {http: 0}\n  locality:"), "spec.ports[http]"},
+		{"WE bad locality", replace(we, "us-east/zone1", "a/b/c/d"), "spec.locality"},
+
+		{"VS no routes", replace(vs, "  http:\n", "  tcp: []\n  x:\n"), "x"}, // unknown field first
+		{"VS no http, tcp or tls", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a]}\n", "spec"},
+		{"VS route without destination", replace(vs, "route: [{destination: {host: reviews, subset: v1}}]", "route: [{weight: 100}]"), "spec.http[0].route[0].destination"},
+		{"VS empty destination host", replace(vs, "host: reviews, subset: v1", "subset: v1"), "spec.http[0].route[0].destination.host"},
+		{"VS wildcard destination", replace(vs, "host: reviews, subset: v1", "host: '*'"), "spec.http[0].route[0].destination.host"},
+		{"VS negative weight", replace(vs, "route: [{destination: {host: reviews, subset: v1}}]",
+			"route: [{destination: {host: a}, weight: -10}, {destination: {host: b}, weight: 110}]"), "spec.http[0].route[0].weight"},
+		{"VS weights not 100", replace(vs, "route: [{destination: {host: reviews, subset: v1}}]",
+			"route: [{destination: {host: a}, weight: 10}, {destination: {host: b}, weight: 20}]"), "spec.http[0].route"},
+		{"VS bad regex", replace(vs, "prefix: /api", "regex: '(unclosed'"), "spec.http[0].match[0].uri.regex"},
+		{"VS uppercase header", replace(vs, "end-user:", "End-User:"), "spec.http[0].match[0].headers[End-User]"},
+		{"VS empty URI match", replace(vs, "prefix: /api", ""), "spec.http[0].match[0].uri"},
+		{"VS duration not a string", replace(vs, "timeout: 2s", "timeout: 2"), "spec.http[0].timeout"},
+		{"VS bad duration in list", replace(vs, "perTryTimeout: 500ms", "perTryTimeout: 5 minutes"), "spec.http[0].retries.perTryTimeout"},
+		{"VS zero timeout", replace(vs, "timeout: 2s", "timeout: 0s"), "spec.http[0].timeout"},
+		{"VS negative retries", replace(vs, "attempts: 3", "attempts: -1"), "spec.http[0].retries.attempts"},
+		{"VS bad destination port", replace(vs, "subset: v1", "port: {number: 0}"), "spec.http[0].route[0].destination.port.number"},
+
+		{"DR no host", replace(dr, "host: reviews\n", ""), "spec.host"},
+		{"DR subset without name", replace(dr, "name: v1, ", ""), "spec.subsets[0].name"},
+		{"DR duplicate subset", replace(dr, "subsets: [{name: v1, labels: {version: v1}}]",
+			"subsets: [{name: v1}, {name: v1}]"), "spec.subsets[1].name"},
+		{"DR bad subset name", replace(dr, "name: v1", "name: V_1"), "spec.subsets[0].name"},
+		{"DR port settings without port", replace(dr, "subsets:", "trafficPolicy: {portLevelSettings: [{}]}\n  subsets:"),
+			"spec.trafficPolicy.portLevelSettings[0].port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A valid document before the bad one checks the reported index.
+			data := destinationRule + "---\n" + tt.doc
+			objs, diags := config.Decode("dir/f.yaml", []byte(data))
+			if len(objs) != 1 {
+				t.Errorf("got %d objects, want only the valid one", len(objs))
+			}
+			if len(diags) != 1 {
+				t.Fatalf("got diagnostics %v, want one", diags)
+			}
+			d := diags[0]
+			if d.Severity != config.SeverityError {
+				t.Errorf("severity = %s, want error", d.Severity)
+			}
+			if d.Source != (config.Source{File: "dir/f.yaml", Index: 1}) {
+				t.Errorf("source = %v, want dir/f.yaml[doc 1]", d.Source)
+			}
+			if !strings.Contains(d.Message, tt.want) {
+				t.Errorf("message %q does not mention %q", d.Message, tt.want)
+			}
+			// Positions in protojson errors point into re-encoded JSON, not the file.
+			if strings.Contains(d.Message, "(line ") || strings.Contains(d.Message, "\u00a0") {
+				t.Errorf("message %q has protojson's position or prefix", d.Message)
+			}
+		})
+	}
+}
+
+func TestDecodeInvalidNamesObject(t *testing.T) {
+	doc := strings.Replace(serviceEntry, "number: 9080", "number: 0", 1)
+	_, diags := config.Decode("f.yaml", []byte(doc))
+	if len(diags) != 1 {
+		t.Fatalf("got diagnostics %v, want one", diags)
+	}
+	want := config.Key{Kind: config.KindServiceEntry, Namespace: "shop", Name: "reviews"}
+	if diags[0].Object != want {
+		t.Errorf("diagnostic names %v, want %v", diags[0].Object, want)
+	}
+	for _, s := range []string{"f.yaml[doc 0]", "ServiceEntry shop/reviews", "spec.ports[0].number"} {
+		if !strings.Contains(diags[0].String(), s) {
+			t.Errorf("%q does not mention %q", diags[0].String(), s)
+		}
+	}
+}
+
+func TestDecodeReportsEveryProblem(t *testing.T) {
+	doc := strings.NewReplacer("number: 9080", "number: 0", "protocol: HTTP", "protocol: SMTP").Replace(serviceEntry)
+	_, diags := config.Decode("f.yaml", []byte(doc))
+	if len(diags) != 1 {
+		t.Fatalf("got diagnostics %v, want one", diags)
+	}
+	for _, field := range []string{"spec.ports[0].number", "spec.ports[0].protocol"} {
+		if !strings.Contains(diags[0].Message, field) {
+			t.Errorf("message %q does not mention %s", diags[0].Message, field)
+		}
+	}
+}
+
+func TestDecodeTooLarge(t *testing.T) {
+	tests := map[string]string{
+		"long document": destinationRule + "# " + strings.Repeat("x", 80) + "\n" +
+			strings.Repeat("# "+strings.Repeat("x", 80)+"\n", config.MaxDocumentBytes/80),
+		"long line": destinationRule + "# " + strings.Repeat("x", config.MaxDocumentBytes+1) + "\n",
+	}
+	for name, data := range tests {
+		t.Run(name, func(t *testing.T) {
+			objs, diags := config.Decode("f.yaml", []byte(data))
+			if len(objs) != 0 {
+				t.Errorf("got %d objects, want none", len(objs))
+			}
+			if len(diags) != 1 || !strings.Contains(diags[0].Message, "limit") {
+				t.Errorf("got diagnostics %v, want one about the size limit", diags)
+			}
+		})
+	}
+}
+
+func TestValidateUnsupportedSpec(t *testing.T) {
+	err := config.Validate(config.Object{Spec: &networking.Gateway{}})
+	if err == nil {
+		t.Fatal("Validate accepted a Gateway spec")
+	}
+}
+
+// FuzzDecode checks that no input makes Decode panic, that what it returns is
+// consistent, and that it is deterministic (sources compare diagnostics between
+// reloads). Seeds are in testdata/fuzz/FuzzDecode.
+func FuzzDecode(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		objs, diags := config.Decode("f.yaml", data)
+		last := -1
+		for _, o := range objs {
+			if o.Spec == nil || o.Kind == "" || o.Name == "" || o.Namespace == "" {
+				t.Fatalf("incomplete object %v (spec %v)", o.Key, o.Spec)
+			}
+			if o.Source.File != "f.yaml" || o.Source.Index <= last {
+				t.Fatalf("object %v has source %v after index %d", o.Key, o.Source, last)
+			}
+			last = o.Source.Index
+			if err := config.Validate(o); err != nil {
+				t.Fatalf("decoded object %v does not validate: %v", o.Key, err)
+			}
+		}
+		for _, d := range diags {
+			if d.Source.File != "f.yaml" || d.Source.Index < 0 || d.Message == "" {
+				t.Fatalf("incomplete diagnostic %v", d)
+			}
+			if d.Severity != config.SeverityError && d.Severity != config.SeverityWarning {
+				t.Fatalf("diagnostic %v has severity %q", d, d.Severity)
+			}
+		}
+		_, again := config.Decode("f.yaml", data)
+		if !equal(diags, again) {
+			t.Fatalf("diagnostics differ between two decodes:\n%v\n%v", diags, again)
+		}
+	})
+}

@@ -1,0 +1,393 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/palisade-mesh/palisade/test/backend"
+	"github.com/palisade-mesh/palisade/xds"
+)
+
+// palisadedBin is the palisaded binary TestMain builds once for all tests.
+var palisadedBin string
+
+// moduleRoot is the root of the Palisade module (two levels above this package).
+var moduleRoot string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	moduleRoot = root
+	tmp, err := os.MkdirTemp("", "palisade-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	palisadedBin = filepath.Join(tmp, "palisaded")
+	// Build the daemon as a user would. GOFLAGS and the rest of the environment are
+	// inherited, so the binary is built with the same module settings as the tests.
+	cmd := exec.Command("go", "build", "-o", palisadedBin, "./cmd/palisaded")
+	cmd.Dir = moduleRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: building palisaded (go build ./cmd/palisaded in %s) failed: %v\n%s", moduleRoot, err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
+}
+
+// syncBuffer collects a process's output; safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// daemon is a running palisaded.
+type daemon struct {
+	Dir     string // its config directory
+	XDSAddr string
+	MonAddr string
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	exited  chan struct{}
+	waitErr error
+}
+
+// startPalisaded runs the palisaded binary on dir with free loopback ports and waits
+// until /healthz/ready answers 200. The daemon is stopped when the test ends; if the
+// test failed, its output is logged.
+func startPalisaded(t *testing.T, dir string) *daemon {
+	t.Helper()
+	d := &daemon{Dir: dir, out: &syncBuffer{}, exited: make(chan struct{})}
+	// Ports are picked free and then released; another process could take one in
+	// between, so a failed start is retried with fresh ports.
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		d.XDSAddr, d.MonAddr = freeAddr(t), freeAddr(t)
+		d.out = &syncBuffer{}
+		d.exited = make(chan struct{})
+		d.cmd = exec.Command(palisadedBin,
+			"--config-dir", dir,
+			"--xds-address", d.XDSAddr,
+			"--monitoring-address", d.MonAddr,
+			"--log-level", "debug",
+		)
+		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+		if err := d.cmd.Start(); err != nil {
+			t.Fatalf("starting palisaded: %v", err)
+		}
+		go func(cmd *exec.Cmd, exited chan struct{}) {
+			d.waitErr = cmd.Wait()
+			close(exited)
+		}(d.cmd, d.exited)
+		lastErr = d.waitReady(30 * time.Second)
+		if lastErr == nil {
+			break
+		}
+		d.stop()
+		if !strings.Contains(d.out.String(), "address already in use") {
+			break
+		}
+	}
+	if lastErr != nil {
+		t.Fatalf("palisaded did not become ready: %v\n--- palisaded output ---\n%s", lastErr, d.out.String())
+	}
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("--- palisaded output ---\n%s", d.out.String())
+		}
+	})
+	return d
+}
+
+func (d *daemon) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		select {
+		case <-d.exited:
+			return fmt.Errorf("palisaded exited: %v", d.waitErr)
+		default:
+		}
+		code, body, err := d.get("/healthz/ready")
+		switch {
+		case err != nil:
+			last = err.Error()
+		case code == http.StatusOK:
+			return nil
+		default:
+			last = fmt.Sprintf("status %d: %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("after %v, /healthz/ready: %s", timeout, last)
+}
+
+// stop sends SIGTERM and waits for palisaded to exit, killing it after 10s.
+func (d *daemon) stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
+}
+
+// Output is everything palisaded has logged so far.
+func (d *daemon) Output() string { return d.out.String() }
+
+func (d *daemon) get(path string) (int, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.MonAddr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// ConfigDump returns /debug/config_dump for a node, or the error getting it; used in
+// failure messages.
+func (d *daemon) ConfigDump(node string) string {
+	code, body, err := d.get("/debug/config_dump?node=" + node)
+	if err != nil {
+		return "config_dump: " + err.Error()
+	}
+	if code != http.StatusOK {
+		return fmt.Sprintf("config_dump: status %d: %s", code, body)
+	}
+	return body
+}
+
+// Metric returns the sum of every series of a metric on /metrics, and whether the
+// metric was present at all.
+func (d *daemon) Metric(t *testing.T, name string) (float64, bool) {
+	t.Helper()
+	code, body, err := d.get("/metrics")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET /metrics: status %d, %v", code, err)
+	}
+	var sum float64
+	found := false
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue // another metric whose name starts with this one
+		}
+		fields := strings.Fields(rest[strings.LastIndex(rest, "}")+1:])
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
+}
+
+// waitMetric polls a metric until cond holds for its value.
+func (d *daemon) waitMetric(t *testing.T, name, what string, cond func(float64) bool) float64 {
+	t.Helper()
+	var v float64
+	var found bool
+	err := poll(15*time.Second, func() bool {
+		v, found = d.Metric(t, name)
+		return found && cond(v)
+	})
+	if err != nil {
+		t.Fatalf("metric %s: want %s, have %v (present: %v) after %v", name, what, v, found, err)
+	}
+	return v
+}
+
+// poll calls cond every 50ms until it returns true or timeout passes.
+func poll(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// writeFile writes a config file atomically (temporary file, then rename), as a
+// careful user or a deployment tool would, so palisaded never reads half a file.
+func writeFile(t *testing.T, dir, name, content string) {
+	t.Helper()
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startBackend starts a plain TestService backend answering with version on a free
+// loopback port.
+func startBackend(t *testing.T, version string) *backend.Backend {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b, err := backend.Start(ctx, backend.Config{Address: "127.0.0.1:0", Version: version})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := b.Stop(); err != nil {
+			t.Errorf("backend %s: %v", version, err)
+		}
+	})
+	return b
+}
+
+// bootstrap returns a proxyless gRPC bootstrap for a node in namespace default.
+func bootstrap(t *testing.T, d *daemon, nodeID string, labels map[string]string) []byte {
+	t.Helper()
+	b, err := xds.GRPCBootstrap(xds.BootstrapOptions{
+		NodeID:         nodeID,
+		XDSAddress:     d.XDSAddr,
+		Namespace:      "default",
+		ServiceAccount: "default",
+		Labels:         labels,
+		InstanceIPs:    []string{"127.0.0.1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// client is a grpc-go proxyless client with its own xDS node identity.
+type client struct {
+	t      *testing.T
+	d      *daemon
+	NodeID string
+	Target string
+	conn   *grpc.ClientConn
+}
+
+// reviewsTarget is what clients dial to reach the reviews service.
+const reviewsTarget = "xds:///reviews.default.svc.cluster.local:9080"
+
+// newClient dials target through palisaded with a fresh node identity and waits until
+// a first call succeeds.
+func newClient(t *testing.T, d *daemon, target string) *client {
+	t.Helper()
+	nodeID := "e2e-" + strings.ReplaceAll(t.Name(), "/", "-") + "~client"
+	conn, err := backend.Dial(target, bootstrap(t, d, nodeID, map[string]string{"app": "e2e-client"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &client{t: t, d: d, NodeID: nodeID, Target: target, conn: conn}
+	var lastErr error
+	if err := poll(20*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, lastErr = backend.Call(ctx, conn, nil)
+		return lastErr == nil
+	}); err != nil {
+		t.Fatalf("client %s never reached %s: %v (last error: %v)\nconfig_dump:\n%s", nodeID, target, err, lastErr, d.ConfigDump(nodeID))
+	}
+	return c
+}
+
+// calls makes n calls with the given headers and tallies who answered.
+func (c *client) calls(n int, headers map[string]string) *backend.Tally {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return backend.CallN(ctx, c.conn, n, headers)
+}
+
+// waitAll polls batches of calls until one whole batch is answered by version, and
+// returns how long that took.
+func (c *client) waitAll(version string, headers map[string]string, timeout time.Duration) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	var last *backend.Tally
+	if err := poll(timeout, func() bool {
+		last = c.calls(50, headers)
+		return last.Errors == 0 && last.Versions[version] == 50
+	}); err != nil {
+		c.t.Fatalf("traffic never moved entirely to %s: %v; last batch of 50: %s\nconfig_dump:\n%s",
+			version, err, last, c.d.ConfigDump(c.NodeID))
+	}
+	return time.Since(start)
+}
