@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -136,30 +137,18 @@ func TestDecodeDocuments(t *testing.T) {
 			for _, o := range objs {
 				indexes = append(indexes, o.Source.Index)
 			}
-			if !equal(indexes, tt.wantIndexes) {
+			if !slices.Equal(indexes, tt.wantIndexes) {
 				t.Errorf("object indexes = %v, want %v", indexes, tt.wantIndexes)
 			}
 			var sevs []config.Severity
 			for _, d := range diags {
 				sevs = append(sevs, d.Severity)
 			}
-			if !equal(sevs, tt.wantDiags) {
+			if !slices.Equal(sevs, tt.wantDiags) {
 				t.Errorf("diagnostics = %v, want severities %v", diags, tt.wantDiags)
 			}
 		})
 	}
-}
-
-func equal[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestDecodeInvalid(t *testing.T) {
@@ -351,7 +340,7 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 		_, again := config.Decode("f.yaml", data)
-		if !equal(diags, again) {
+		if !slices.Equal(diags, again) {
 			t.Fatalf("diagnostics differ between two decodes:\n%v\n%v", diags, again)
 		}
 	})

@@ -78,7 +78,7 @@ func sameObjects(a, b []config.Object) bool {
 	}
 	for _, o := range b {
 		p, ok := byKey[o.Key]
-		if !ok || !maps.Equal(p.Labels, o.Labels) || !proto.Equal(p.Spec, o.Spec) {
+		if !ok || !maps.Equal(p.Labels, o.Labels) || (p.Spec != o.Spec && !proto.Equal(p.Spec, o.Spec)) {
 			return false
 		}
 	}

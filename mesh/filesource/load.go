@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/cespare/xxhash/v2"
 	"io"
 	"io/fs"
 	"os"
@@ -35,7 +36,7 @@ func Load(dir string) (objs []config.Object, diags []config.Diagnostic, err erro
 	if err != nil {
 		return nil, nil, err
 	}
-	objs, diags = sc.read()
+	objs, diags = sc.read(nil)
 	return objs, diags, nil
 }
 
@@ -152,9 +153,49 @@ func (sc *scanResult) report(sev config.Severity, file, format string, args ...a
 	})
 }
 
+// decodeCache remembers each file's decoded objects by content, so that a reload
+// decodes only the files that changed: with a thousand files, decoding all of them
+// is most of the cost of a one-line edit.
+type decodeCache map[string]decodedFile
+
+type decodedFile struct {
+	sum   uint64
+	objs  []config.Object
+	diags []config.Diagnostic
+}
+
+// decode returns config.Decode(rel, data), from the cache when the content is the
+// same. A nil cache decodes every time.
+func (c decodeCache) decode(rel string, data []byte) ([]config.Object, []config.Diagnostic) {
+	if c == nil {
+		return config.Decode(rel, data)
+	}
+	sum := xxhash.Sum64(data)
+	if f, ok := c[rel]; ok && f.sum == sum {
+		return f.objs, f.diags
+	}
+	objs, diags := config.Decode(rel, data)
+	c[rel] = decodedFile{sum: sum, objs: objs, diags: diags}
+	return objs, diags
+}
+
+// prune forgets the files not in files.
+func (c decodeCache) prune(files []string) {
+	keep := make(map[string]bool, len(files))
+	for _, f := range files {
+		keep[f] = true
+	}
+	for rel := range c {
+		if !keep[rel] {
+			delete(c, rel)
+		}
+	}
+}
+
 // read decodes the scanned files, drops duplicate objects and returns the objects in
 // file order with every diagnostic, sorted by file and document.
-func (sc *scanResult) read() ([]config.Object, []config.Diagnostic) {
+func (sc *scanResult) read(cache decodeCache) ([]config.Object, []config.Diagnostic) {
+	defer cache.prune(sc.files)
 	var objs []config.Object
 	diags := slices.Clone(sc.diags)
 	first := map[config.Key]config.Source{}
@@ -171,7 +212,7 @@ func (sc *scanResult) read() ([]config.Object, []config.Diagnostic) {
 			})
 			continue
 		}
-		fileObjs, fileDiags := config.Decode(rel, data)
+		fileObjs, fileDiags := cache.decode(rel, data)
 		diags = append(diags, fileDiags...)
 		for _, o := range fileObjs {
 			if src, dup := first[o.Key]; dup {

@@ -95,6 +95,7 @@ type Source struct {
 	logged  map[config.Diagnostic]bool // the diagnostics of the last load, already logged
 	watched map[string]os.FileInfo     // directories watched, by path
 	loadErr string                     // the last error reading the directory, already logged
+	decoded decodeCache                // files decoded by the last load, by content
 }
 
 // New creates a Source for cfg.Dir and registers its metrics.
@@ -107,6 +108,7 @@ func New(cfg Config) *Source {
 		metrics:  newMetrics(cfg.Registerer),
 		logged:   map[config.Diagnostic]bool{},
 		watched:  map[string]os.FileInfo{},
+		decoded:  decodeCache{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -202,7 +204,7 @@ func (s *Source) reload(w *fsnotify.Watcher) (rescan bool, err error) {
 	}
 	s.loadErr = ""
 
-	objs, diags := sc.read()
+	objs, diags := sc.read(s.decoded)
 	served, kept := keepLastGood(s.served, objs, diags)
 	changed := s.current.Load() == nil || !sameObjects(s.served, served)
 	s.served = served

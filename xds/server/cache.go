@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -39,12 +40,15 @@ type CacheConfig struct {
 	Logger *slog.Logger
 	// Metrics may be nil.
 	Metrics *Metrics
+	// Throttle bounds full pushes in flight (see pushThrottle); nil means no bound.
+	Throttle *pushThrottle
 }
 
 // Cache turns the current mesh snapshot into answers to xDS watches.
 type Cache struct {
-	log     *slog.Logger
-	metrics *Metrics
+	log      *slog.Logger
+	metrics  *Metrics
+	throttle *pushThrottle
 
 	mu      sync.Mutex
 	state   *state
@@ -53,7 +57,9 @@ type Cache struct {
 
 // state is one snapshot and the translations made from it, created on demand.
 type state struct {
+	seq   uint64 // 1 for the first state, then +1 per snapshot
 	snap  *mesh.Snapshot
+	prev  atomic.Pointer[state] // the state before, until its successor is published
 	mu    sync.Mutex
 	views map[viewKey]*generated
 }
@@ -62,8 +68,14 @@ type state struct {
 // proxies that have that view.
 type generated struct {
 	once  sync.Once
+	done  chan struct{} // closed when generation is complete
 	res   *xds.Resources
 	types map[string]map[string]*entry // type URL → name → entry
+
+	// changed lists, by type, the resources added, changed or removed since the
+	// previous state's translation of the same view. Nil when that translation was
+	// not made: then every watch is evaluated in full.
+	changed map[string]map[string]struct{}
 
 	serverMu        sync.Mutex
 	serverListeners map[string]*entry // proxyless server listeners by requested name
@@ -81,16 +93,22 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Cache{log: cfg.Logger, metrics: cfg.Metrics, watches: map[*watch]struct{}{}}
+	return &Cache{log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, watches: map[*watch]struct{}{}}
 }
 
 var _ cache.Cache = (*Cache)(nil)
 
 // SetSnapshot publishes a new snapshot and answers every open watch whose
-// resources changed.
+// resources changed. Only the watches of types with changed resources do any work:
+// the cost of a change grows with what it touches, not with the size of the mesh.
 func (c *Cache) SetSnapshot(snap *mesh.Snapshot) {
-	st := &state{snap: snap, views: map[viewKey]*generated{}}
+	st := &state{snap: snap, views: map[viewKey]*generated{}, seq: 1}
 	c.mu.Lock()
+	if old := c.state; old != nil {
+		st.seq = old.seq + 1
+		st.prev.Store(old)
+		old.prev.Store(nil) // keep one generation back, not a chain
+	}
 	c.state = st
 	open := make([]*watch, 0, len(c.watches))
 	for w := range c.watches {
@@ -127,11 +145,12 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 	st.mu.Lock()
 	g := st.views[k]
 	if g == nil {
-		g = &generated{serverListeners: map[string]*entry{}}
+		g = &generated{serverListeners: map[string]*entry{}, done: make(chan struct{})}
 		st.views[k] = g
 	}
 	st.mu.Unlock()
 	g.once.Do(func() {
+		defer close(g.done)
 		timer := c.metrics.startTranslation()
 		g.res = xds.Generate(st.snap.ViewFor(k.namespace), k.kind)
 		g.types = make(map[string]map[string]*entry, len(xds.TypeURLs))
@@ -147,9 +166,78 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 			}
 			g.types[typeURL] = m
 		}
+		if prev := st.prev.Load(); prev != nil {
+			if pg := prev.finishedView(k); pg != nil {
+				g.changed = changedEntries(pg.types, g.types)
+			}
+		}
 		timer.done()
 	})
 	return g
+}
+
+// finishedView returns the view's translation if it was completed, or nil.
+func (st *state) finishedView(k viewKey) *generated {
+	st.mu.Lock()
+	g := st.views[k]
+	st.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	select {
+	case <-g.done:
+		return g
+	default:
+		return nil
+	}
+}
+
+// changedEntries lists, by type, the names whose entry was added, changed or removed.
+func changedEntries(before, after map[string]map[string]*entry) map[string]map[string]struct{} {
+	out := map[string]map[string]struct{}{}
+	for typeURL, now := range after {
+		was := before[typeURL]
+		changed := map[string]struct{}{}
+		for name, e := range now {
+			if old := was[name]; old == nil || old.version != e.version {
+				changed[name] = struct{}{}
+			}
+		}
+		for name := range was {
+			if now[name] == nil {
+				changed[name] = struct{}{}
+			}
+		}
+		out[typeURL] = changed
+	}
+	return out
+}
+
+// touches reports whether a change since the previous state may concern a
+// subscription of the type.
+func (g *generated) touches(typeURL string, sub cache.Subscription) bool {
+	changed := g.changed[typeURL]
+	if len(changed) == 0 {
+		return false
+	}
+	if sub.IsWildcard() {
+		return true
+	}
+	subscribed := sub.SubscribedResources()
+	if len(subscribed) < len(changed) {
+		for name := range subscribed {
+			if _, ok := changed[name]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	for name := range changed {
+		if _, ok := subscribed[name]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 var marshalOptions = proto.MarshalOptions{Deterministic: true}
@@ -219,7 +307,23 @@ type watch struct {
 	delta     *discovery.DeltaDiscoveryRequest
 	deltaCh   chan cache.DeltaResponse
 	mu        sync.Mutex
-	responded bool // or cancelled: the watch is spent
+	responded bool   // or cancelled: the watch is spent
+	evaluated uint64 // seq of the last state the watch was evaluated against
+}
+
+func (w *watch) nonce() string {
+	if w.sotw != nil {
+		return w.sotw.GetResponseNonce()
+	}
+	return w.delta.GetResponseNonce()
+}
+
+// request identifies the request a response answers, as the server callbacks see it.
+func (w *watch) request() any {
+	if w.sotw != nil {
+		return w.sotw
+	}
+	return w.delta
 }
 
 func (w *watch) typeURL() string {
@@ -258,7 +362,15 @@ func (c *Cache) open(w *watch) func() {
 	st := c.state
 	c.mu.Unlock()
 	if st != nil {
-		c.evaluate(st, w)
+		// A first request or a new subscription can mean a full push: wait for a
+		// slot so that a reconnecting fleet does not hold every push in memory at once.
+		var slot *pushSlot
+		if w.nonce() == "" {
+			slot = c.throttle.acquire(w.request())
+		}
+		if !c.evaluate(st, w) {
+			slot.release()
+		}
 	}
 	return func() {
 		w.mu.Lock()
@@ -270,16 +382,23 @@ func (c *Cache) open(w *watch) func() {
 	}
 }
 
-// evaluate answers a watch if the client lacks what the state has for it.
-func (c *Cache) evaluate(st *state, w *watch) {
+// evaluate answers a watch if the client lacks what the state has for it, and
+// reports whether it did. A watch already evaluated against the previous state is
+// only looked at if the change touched its type and names.
+func (c *Cache) evaluate(st *state, w *watch) bool {
 	if !slices.Contains(xds.TypeURLs, w.typeURL()) {
-		return // a type we do not serve: leave the watch open, as the protocol allows
+		return false // a type we do not serve: leave the watch open, as the protocol allows
 	}
 	g := st.view(keyOf(w.proxy), c)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.responded {
-		return
+	if w.responded || w.evaluated >= st.seq {
+		return false // spent, or already evaluated against this state or a newer one
+	}
+	incremental := w.evaluated != 0 && w.evaluated == st.seq-1 && g.changed != nil
+	w.evaluated = st.seq
+	if incremental && !g.touches(w.typeURL(), w.sub) {
+		return false
 	}
 	var sent bool
 	if w.sotw != nil {
@@ -293,6 +412,7 @@ func (c *Cache) evaluate(st *state, w *watch) {
 		delete(c.watches, w)
 		c.mu.Unlock()
 	}
+	return sent
 }
 
 // answerSotw sends the full set of requested resources unless the client has that

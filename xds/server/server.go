@@ -22,7 +22,16 @@ type Config struct {
 	Address    string // host:port to listen on
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // may be nil
+	// MaxFullPushes bounds the full pushes (first requests, new subscriptions) in
+	// flight at once; 0 means DefaultMaxFullPushes, negative means no bound.
+	MaxFullPushes int
 }
+
+// DefaultMaxFullPushes bounds reconnect storms; Istio's push throttle defaults to 100.
+const DefaultMaxFullPushes = 32
+
+// pushAckTimeout frees a push's slot if the proxy never answers it.
+const pushAckTimeout = 10 * time.Second
 
 // Server is the ADS endpoint: it serves the current snapshot to every proxy.
 type Server struct {
@@ -36,11 +45,15 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxFullPushes == 0 {
+		cfg.MaxFullPushes = DefaultMaxFullPushes
+	}
 	m := NewMetrics(cfg.Registerer)
+	throttle := newPushThrottle(cfg.MaxFullPushes, pushAckTimeout)
 	return &Server{
 		cfg:     cfg,
-		cache:   NewCache(CacheConfig{Logger: cfg.Logger, Metrics: m}),
-		tracker: NewTracker(cfg.Logger, m),
+		cache:   NewCache(CacheConfig{Logger: cfg.Logger, Metrics: m, Throttle: throttle}),
+		tracker: NewTracker(cfg.Logger, m, throttle),
 	}
 }
 

@@ -19,9 +19,10 @@ import (
 // it serves, what was sent, what the proxy acknowledged or rejected. It backs
 // /debug/syncz, the NACK log and the push metrics.
 type Tracker struct {
-	log     *slog.Logger
-	metrics *Metrics
-	now     func() time.Time
+	log      *slog.Logger
+	metrics  *Metrics
+	throttle *pushThrottle
+	now      func() time.Time
 
 	mu      sync.Mutex
 	streams map[streamKey]*stream
@@ -65,12 +66,13 @@ type ProxyStatus struct {
 	Types     []TypeStatus `json:"types"`
 }
 
-// NewTracker returns an empty tracker.
-func NewTracker(log *slog.Logger, m *Metrics) *Tracker {
+// NewTracker returns an empty tracker. It frees the push throttle's slots as proxies
+// receive their pushes; throttle may be nil.
+func NewTracker(log *slog.Logger, m *Metrics, throttle *pushThrottle) *Tracker {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Tracker{log: log, metrics: m, now: time.Now, streams: map[streamKey]*stream{}}
+	return &Tracker{log: log, metrics: m, throttle: throttle, now: time.Now, streams: map[streamKey]*stream{}}
 }
 
 var _ serverv3.Callbacks = (*Tracker)(nil)
@@ -110,6 +112,7 @@ func (t *Tracker) open(ctx context.Context, k streamKey) error {
 }
 
 func (t *Tracker) closed(k streamKey) {
+	t.throttle.closed(k)
 	t.mu.Lock()
 	delete(t.streams, k)
 	t.mu.Unlock()
@@ -138,6 +141,7 @@ func (t *Tracker) request(k streamKey, node *core.Node, typeURL, nonce, ackVersi
 	if nonce == "" {
 		return // an initial request or a new subscription: nothing to acknowledge
 	}
+	t.throttle.received(sentKey{k, typeURL})
 	sent := s.nonces[nonce]
 	delete(s.nonces, nonce)
 	if isNack {
@@ -194,7 +198,8 @@ func (t *Tracker) OnStreamRequest(id int64, r *discovery.DiscoveryRequest) error
 }
 
 // OnStreamResponse implements go-control-plane's callbacks.
-func (t *Tracker) OnStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, r *discovery.DiscoveryResponse) {
+func (t *Tracker) OnStreamResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, r *discovery.DiscoveryResponse) {
+	t.throttle.sent(req, sentKey{streamKey{id: id}, r.GetTypeUrl()})
 	t.response(streamKey{id: id}, r.GetTypeUrl(), r.GetNonce(), r.GetVersionInfo(), "sotw", proto.Size(r))
 }
 
@@ -206,7 +211,8 @@ func (t *Tracker) OnStreamDeltaRequest(id int64, r *discovery.DeltaDiscoveryRequ
 }
 
 // OnStreamDeltaResponse implements go-control-plane's callbacks.
-func (t *Tracker) OnStreamDeltaResponse(id int64, _ *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
+func (t *Tracker) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
+	t.throttle.sent(req, sentKey{streamKey{id: id, delta: true}, r.GetTypeUrl()})
 	t.response(streamKey{id: id, delta: true}, r.GetTypeUrl(), r.GetNonce(), r.GetSystemVersionInfo(), "delta", proto.Size(r))
 }
 
