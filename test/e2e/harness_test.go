@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -50,7 +52,11 @@ func runMain(m *testing.M) int {
 	palisadedBin = filepath.Join(tmp, "palisaded")
 	// Build the daemon as a user would. GOFLAGS and the rest of the environment are
 	// inherited, so the binary is built with the same module settings as the tests.
-	cmd := exec.Command("go", "build", "-o", palisadedBin, "./cmd/palisaded")
+	args := []string{"build", "-o", palisadedBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/palisaded")...)
 	cmd.Dir = moduleRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: building palisaded (go build ./cmd/palisaded in %s) failed: %v\n%s", moduleRoot, err, out)
@@ -140,6 +146,9 @@ func startPalisaded(t *testing.T, dir string) *daemon {
 	}
 	t.Cleanup(func() {
 		d.stop()
+		if strings.Contains(d.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("palisaded (built with -race) reported a data race")
+		}
 		if t.Failed() {
 			t.Logf("--- palisaded output ---\n%s", d.out.String())
 		}
@@ -219,6 +228,26 @@ func (d *daemon) ConfigDump(node string) string {
 		return fmt.Sprintf("config_dump: status %d: %s", code, body)
 	}
 	return body
+}
+
+// Resources returns the resources /debug/config_dump lists for a node, by type URL,
+// decoded into plain JSON values so that two dumps compare with reflect.DeepEqual.
+func (d *daemon) Resources(t *testing.T, node string) map[string]any {
+	t.Helper()
+	code, body, err := d.get("/debug/config_dump?node=" + node)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("config_dump for %s: status %d, %v: %s", node, code, err, body)
+	}
+	var dump struct {
+		Resources map[string]any `json:"resources"`
+	}
+	if err := json.Unmarshal([]byte(body), &dump); err != nil {
+		t.Fatalf("config_dump for %s: %v", node, err)
+	}
+	if len(dump.Resources) == 0 {
+		t.Fatalf("config_dump for %s lists no resources:\n%s", node, body)
+	}
+	return dump.Resources
 }
 
 // Metric returns the sum of every series of a metric on /metrics, and whether the
@@ -345,11 +374,14 @@ type client struct {
 // reviewsTarget is what clients dial to reach the reviews service.
 const reviewsTarget = "xds:///reviews.default.svc.cluster.local:9080"
 
+// clientSeq numbers clients so that every one has its own node ID.
+var clientSeq atomic.Int64
+
 // newClient dials target through palisaded with a fresh node identity and waits until
 // a first call succeeds.
 func newClient(t *testing.T, d *daemon, target string) *client {
 	t.Helper()
-	nodeID := "e2e-" + strings.ReplaceAll(t.Name(), "/", "-") + "~client"
+	nodeID := fmt.Sprintf("e2e-%s~client-%d", strings.ReplaceAll(t.Name(), "/", "-"), clientSeq.Add(1))
 	conn, err := backend.Dial(target, bootstrap(t, d, nodeID, map[string]string{"app": "e2e-client"}))
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"testing"
 
 	"github.com/palisade-mesh/palisade/test/backend"
@@ -107,12 +106,4 @@ func startMesh(t *testing.T, w1, w2 int) *testMesh {
 func (m *testMesh) writeConfigFile(t *testing.T, name, content string) {
 	t.Helper()
 	writeFile(t, m.Dir, name, content)
-}
-
-// removeConfigFile deletes a file from the daemon's config directory.
-func (m *testMesh) removeConfigFile(t *testing.T, name string) {
-	t.Helper()
-	if err := os.Remove(m.Dir + "/" + name); err != nil {
-		t.Fatal(err)
-	}
 }

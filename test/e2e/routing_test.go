@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -100,8 +101,14 @@ func TestBrokenConfigKeepsTraffic(t *testing.T) {
 		t.Fatalf("palisade_config_invalid_documents = %v (present: %v) with a valid config, want 0", v, ok)
 	}
 
+	good := m.Resources(t, c.NodeID)
 	assertStillV2 := func(what string) {
 		t.Helper()
+		// What palisaded serves is unchanged...
+		if now := m.Resources(t, c.NodeID); !reflect.DeepEqual(now, good) {
+			t.Errorf("after %s, config_dump differs from the last good config:\nbefore: %v\nnow:    %v", what, good, now)
+		}
+		// ...and so is what the data plane does.
 		tally := c.calls(300, nil)
 		if tally.Errors != 0 || tally.Versions["v2"] != 300 {
 			t.Fatalf("after %s: want traffic as before (300 calls answered by v2), have %s\nconfig_dump:\n%s",

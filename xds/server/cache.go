@@ -361,16 +361,21 @@ func (c *Cache) open(w *watch) func() {
 	c.watches[w] = struct{}{}
 	st := c.state
 	c.mu.Unlock()
-	if st != nil {
-		// A first request or a new subscription can mean a full push: wait for a
+	switch {
+	case st == nil:
+	case w.nonce() == "":
+		// A first request or a new subscription can mean a full push: it waits for a
 		// slot so that a reconnecting fleet does not hold every push in memory at once.
-		var slot *pushSlot
-		if w.nonce() == "" {
-			slot = c.throttle.acquire(w.request())
-		}
-		if !c.evaluate(st, w) {
-			slot.release()
-		}
+		c.throttle.do(w.request(), func(slot *pushSlot) {
+			c.mu.Lock()
+			st := c.state // the newest, if the watch waited
+			c.mu.Unlock()
+			if !c.evaluate(st, w) {
+				slot.release()
+			}
+		})
+	default:
+		c.evaluate(st, w)
 	}
 	return func() {
 		w.mu.Lock()

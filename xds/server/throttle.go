@@ -6,22 +6,29 @@ import (
 )
 
 // pushThrottle bounds the full pushes in flight. A full push (a proxy's first
-// request, or a new subscription) takes a slot before its response is made; the slot
-// is freed when the proxy's next request for that type shows it received the
-// response (ACK or NACK), when its stream closes, or after a timeout. Pushes caused by
-// configuration changes never wait: they are small with delta xDS and must not queue
-// behind a reconnecting fleet. Without the bound, 500 proxies reconnecting at once
-// hold 500 full configurations in send buffers.
+// request, or a new subscription) waits for a slot before its response is made; the
+// slot is freed when the proxy's next request for that type shows it received the
+// response (ACK or NACK), when its stream closes, or after a timeout. Waiting never
+// blocks a stream: the watch stays open and is answered when a slot frees. Pushes
+// caused by configuration changes never wait: they are small with delta xDS and must
+// not queue behind a reconnecting fleet. Without the bound, 500 proxies connecting at
+// once hold 500 full configurations in send buffers.
 //
 // A nil *pushThrottle does not throttle.
 type pushThrottle struct {
-	slots   chan struct{}
 	timeout time.Duration
 
 	mu        sync.Mutex
+	free      int
+	waiting   []waiter
 	byRequest map[any]*pushSlot         // made, not yet handed to the stream
 	bySent    map[sentKey]*pushSlot     // sent, waiting for the proxy's next request
 	byStream  map[streamKey][]*pushSlot // to free everything when a stream closes
+}
+
+type waiter struct {
+	req any
+	fn  func(*pushSlot)
 }
 
 type sentKey struct {
@@ -41,7 +48,7 @@ func newPushThrottle(size int, timeout time.Duration) *pushThrottle {
 		return nil
 	}
 	return &pushThrottle{
-		slots:     make(chan struct{}, size),
+		free:      size,
 		timeout:   timeout,
 		byRequest: map[any]*pushSlot{},
 		bySent:    map[sentKey]*pushSlot{},
@@ -49,23 +56,46 @@ func newPushThrottle(size int, timeout time.Duration) *pushThrottle {
 	}
 }
 
-// acquire waits for a slot for the response to req.
-func (t *pushThrottle) acquire(req any) *pushSlot {
+// do runs fn with a slot for the response to req: now if one is free, otherwise when
+// one is released. fn must release the slot if it sends nothing.
+func (t *pushThrottle) do(req any, fn func(*pushSlot)) {
 	if t == nil {
-		return nil
+		fn(nil)
+		return
 	}
-	t.slots <- struct{}{}
+	t.mu.Lock()
+	if t.free == 0 {
+		t.waiting = append(t.waiting, waiter{req, fn})
+		t.mu.Unlock()
+		return
+	}
+	t.free--
+	s := t.slotLocked(req)
+	t.mu.Unlock()
+	fn(s)
+}
+
+// slotLocked makes a slot for req; t.mu is held.
+func (t *pushThrottle) slotLocked(req any) *pushSlot {
 	s := &pushSlot{}
 	s.free = func() {
-		<-t.slots
 		t.mu.Lock()
-		delete(t.byRequest, req)
+		if t.byRequest[req] == s {
+			delete(t.byRequest, req)
+		}
+		if len(t.waiting) == 0 {
+			t.free++
+			t.mu.Unlock()
+			return
+		}
+		next := t.waiting[0]
+		t.waiting = t.waiting[1:]
+		ns := t.slotLocked(next.req)
 		t.mu.Unlock()
+		go next.fn(ns) // not on the releasing goroutine, which may hold locks
 	}
 	s.timeout = time.AfterFunc(t.timeout, s.release)
-	t.mu.Lock()
 	t.byRequest[req] = s
-	t.mu.Unlock()
 	return s
 }
 
@@ -92,7 +122,7 @@ func (t *pushThrottle) sent(req any, k sentKey) {
 	}
 	delete(t.byRequest, req)
 	if old := t.bySent[k]; old != nil {
-		defer old.release()
+		defer old.release() // after t.mu is unlocked
 	}
 	t.bySent[k] = s
 	t.byStream[k.stream] = append(t.byStream[k.stream], s)
