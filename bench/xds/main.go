@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -43,14 +44,15 @@ func main() {
 	kind := flag.String("kind", "proxyless", "client kind: proxyless (subscribes every service by name: one route per service) or sidecar (wildcard CDS/LDS, one route per port)")
 	changes := flag.Int("changes", 5, "VirtualService edits to time")
 	palisaded := flag.String("palisaded", "", "palisaded binary (default: build ./cmd/palisaded)")
+	heapProfile := flag.String("heap-profile", "", "write palisaded's heap profile here at the end")
 	flag.Parse()
-	if err := run(*services, *clients, *kind, *changes, *palisaded); err != nil {
+	if err := run(*services, *clients, *kind, *changes, *palisaded, *heapProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "xds-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(services, clients int, kind string, changes int, binary string) error {
+func run(services, clients int, kind string, changes int, binary, heapProfile string) error {
 	if kind != "proxyless" && kind != "sidecar" {
 		return fmt.Errorf("--kind %q: use proxyless or sidecar", kind)
 	}
@@ -165,6 +167,11 @@ func run(services, clients int, kind string, changes int, binary string) error {
 	rss, err := peakRSS(cmd.Process.Pid)
 	if err != nil {
 		return err
+	}
+	if heapProfile != "" {
+		if err := fetch("http://"+monAddr+"/debug/pprof/heap", heapProfile); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("\nRESULT services=%d clients=%d kind=%s: change→all clients median %v (p50 per client %v); change bytes %.4f%% of full push; connect→full config p50 %v p99 %v; palisaded peak RSS %d MB\n",
 		services, clients, kind, median(latencies).Round(time.Millisecond), median(medians).Round(time.Millisecond), 100*medianF(ratios),
@@ -301,6 +308,23 @@ func waitReady(addr string, timeout time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("palisaded not ready within %v", timeout)
+}
+
+func fetch(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // peakRSS reads a process's high-water resident set size from /proc.

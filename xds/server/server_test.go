@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -18,43 +17,22 @@ import (
 
 	"github.com/palisade-mesh/palisade/mesh"
 	"github.com/palisade-mesh/palisade/mesh/config"
+	"github.com/palisade-mesh/palisade/test/meshgen"
 	"github.com/palisade-mesh/palisade/xds"
 	xdsserver "github.com/palisade-mesh/palisade/xds/server"
 )
 
-// meshYAML is a small mesh: n services, the first one split 80/20 (or weightV2).
+// snapshot is a mesh of n services (test/meshgen); svc0 sends weightV2% to v2.
 func snapshot(t testing.TB, version uint64, services int, weightV2 int) *mesh.Snapshot {
 	t.Helper()
 	var b strings.Builder
 	for i := range services {
-		fmt.Fprintf(&b, `apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: svc%d}
-spec:
-  hosts: [svc%d.default.svc.cluster.local]
-  ports: [{number: 9080, name: grpc, protocol: GRPC}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.%d.%d, labels: {version: v1}}, {address: 10.1.%d.%d, labels: {version: v2}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: svc%d}
-spec:
-  host: svc%d
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
----
-`, i, i, i/250, i%250, i/250, i%250, i, i)
+		w := 20
+		if i == 0 {
+			w = weightV2
+		}
+		b.WriteString(meshgen.Service(i, w) + "---\n")
 	}
-	fmt.Fprintf(&b, `apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: svc0}
-spec:
-  hosts: [svc0]
-  http:
-  - route:
-    - {destination: {host: svc0, subset: v1}, weight: %d}
-    - {destination: {host: svc0, subset: v2}, weight: %d}
-`, 100-weightV2, weightV2)
 	objs, diags := config.Decode("test.yaml", []byte(b.String()))
 	if len(diags) > 0 {
 		t.Fatalf("test config: %v", diags)
@@ -65,6 +43,11 @@ spec:
 func startServer(t testing.TB) (*xdsserver.Server, discovery.AggregatedDiscoveryServiceClient) {
 	t.Helper()
 	s := xdsserver.New(xdsserver.Config{Address: "127.0.0.1:0"})
+	return s, serve(t, s)
+}
+
+func serve(t testing.TB, s *xdsserver.Server) discovery.AggregatedDiscoveryServiceClient {
+	t.Helper()
 	lis, err := s.Listen()
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +66,7 @@ func startServer(t testing.TB) (*xdsserver.Server, discovery.AggregatedDiscovery
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return s, discovery.NewAggregatedDiscoveryServiceClient(conn)
+	return discovery.NewAggregatedDiscoveryServiceClient(conn)
 }
 
 func node(id string, kind mesh.ProxyKind) *core.Node {
@@ -231,5 +214,48 @@ func TestRejectsNodeWithoutNamespace(t *testing.T) {
 	_, err = stream.Recv()
 	if err == nil || !strings.Contains(err.Error(), "NAMESPACE is required") {
 		t.Fatalf("got %v, want an error naming the missing NAMESPACE", err)
+	}
+}
+
+// With one full push allowed in flight, a second proxy's first push waits until the
+// first proxy acknowledges its own, and then arrives without a new request.
+func TestFullPushesWaitForAcknowledgement(t *testing.T) {
+	s := xdsserver.New(xdsserver.Config{Address: "127.0.0.1:0", MaxFullPushes: 1})
+	client := serve(t, s)
+	s.SetSnapshot(snapshot(t, 1, 3, 20))
+	open := func(id string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		stream, err := client.StreamAggregatedResources(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: node(id, mesh.KindSidecar), TypeUrl: resource.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+	a := open("a")
+	first := recv(t, a.Recv)
+	b := open("b")
+	got := make(chan *discovery.DiscoveryResponse, 1)
+	go func() {
+		if r, err := b.Recv(); err == nil {
+			got <- r
+		}
+	}()
+	select {
+	case <-got:
+		t.Fatal("second full push sent while the first was unacknowledged")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := a.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: first.VersionInfo, ResponseNonce: first.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if len(r.Resources) != len(first.Resources) {
+			t.Fatalf("second proxy got %d clusters, want %d", len(r.Resources), len(first.Resources))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("second full push not sent after the first was acknowledged")
 	}
 }
