@@ -95,6 +95,25 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	if kind == "sidecar" {
 		changed = "9080"
 	}
+	// One proxy alone first: connect → full config with nothing else going on.
+	var alone []time.Duration
+	for range 5 {
+		ctx, cancel := context.WithCancel(context.Background())
+		c := &client{id: -1, kind: kind, watched: changed, subs: subs, ready: make(chan struct{})}
+		errc := make(chan error, 1)
+		go func() { errc <- c.run(ctx, xdsAddr) }()
+		select {
+		case <-c.ready:
+			alone = append(alone, c.fullConfigAfter)
+		case err := <-errc:
+			cancel()
+			return fmt.Errorf("single client: %w", err)
+		}
+		cancel()
+		<-errc
+	}
+	fmt.Printf("one client alone, connect → full config: median of 5 %v\n", median(alone).Round(time.Millisecond))
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cs := make([]*client, clients)
@@ -173,9 +192,9 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 			return err
 		}
 	}
-	fmt.Printf("\nRESULT services=%d clients=%d kind=%s: change→all clients median %v (p50 per client %v); change bytes %.4f%% of full push; connect→full config p50 %v p99 %v; palisaded peak RSS %d MB\n",
+	fmt.Printf("\nRESULT services=%d clients=%d kind=%s: change→all clients median %v (p50 per client %v); change bytes %.4f%% of full push; connect→full config alone %v, all %d at once p50 %v p99 %v; palisaded peak RSS %d MB\n",
 		services, clients, kind, median(latencies).Round(time.Millisecond), median(medians).Round(time.Millisecond), 100*medianF(ratios),
-		median(connect).Round(time.Millisecond), percentile(connect, 0.99).Round(time.Millisecond), rss>>20)
+		median(alone).Round(time.Millisecond), clients, median(connect).Round(time.Millisecond), percentile(connect, 0.99).Round(time.Millisecond), rss>>20)
 	cancel()
 	wg.Wait()
 	return nil

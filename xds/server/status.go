@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -190,8 +191,19 @@ func (t *Tracker) OnDeltaStreamClosed(id int64, _ *core.Node) {
 	t.closed(streamKey{id: id, delta: true})
 }
 
+// internNames makes the resource names of a request share memory with every other
+// request's: the server keeps each stream's subscribed names, and without this a
+// fleet subscribing to a large mesh by name holds a private copy of every name per
+// proxy.
+func internNames(names []string) {
+	for i, n := range names {
+		names[i] = unique.Make(n).Value()
+	}
+}
+
 // OnStreamRequest implements go-control-plane's callbacks.
 func (t *Tracker) OnStreamRequest(id int64, r *discovery.DiscoveryRequest) error {
+	internNames(r.ResourceNames)
 	t.request(streamKey{id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(),
 		r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
 	return nil
@@ -205,6 +217,8 @@ func (t *Tracker) OnStreamResponse(_ context.Context, id int64, req *discovery.D
 
 // OnStreamDeltaRequest implements go-control-plane's callbacks.
 func (t *Tracker) OnStreamDeltaRequest(id int64, r *discovery.DeltaDiscoveryRequest) error {
+	internNames(r.ResourceNamesSubscribe)
+	internNames(r.ResourceNamesUnsubscribe)
 	t.request(streamKey{id: id, delta: true}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "",
 		r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
 	return nil
