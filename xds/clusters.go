@@ -20,12 +20,18 @@ import (
 // connectTimeout is Istio's default upstream connect timeout.
 const connectTimeout = 10 * time.Second
 
+var sharedConnectTimeout = durationpb.New(connectTimeout)
+
 // adsConfigSource points EDS and RDS at the ADS stream the proxy already has.
-func adsConfigSource() *core.ConfigSource {
-	return &core.ConfigSource{
-		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
-		ResourceApiVersion:    core.ApiVersion_V3,
-	}
+//
+// It and the other shared messages below are built once and referenced by many
+// resources: generated resources are never modified, so sharing is safe and saves an
+// allocation (or a marshalling, for Any values) per resource.
+func adsConfigSource() *core.ConfigSource { return sharedADSConfigSource }
+
+var sharedADSConfigSource = &core.ConfigSource{
+	ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+	ResourceApiVersion:    core.ApiVersion_V3,
 }
 
 // clusters returns the service port's default cluster and one per subset of its
@@ -54,7 +60,7 @@ func (g *generator) cluster(name string, port mesh.Port, policy *networking.Traf
 		Name:                 name,
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource(), ServiceName: name},
-		ConnectTimeout:       durationpb.New(connectTimeout),
+		ConnectTimeout:       sharedConnectTimeout,
 		LbPolicy:             g.lbPolicy(portPolicy(policy, port.Number).GetLoadBalancer()),
 	}
 	if g.kind != mesh.KindProxyless && (port.Protocol == "GRPC" || port.Protocol == "HTTP2") {
@@ -63,16 +69,18 @@ func (g *generator) cluster(name string, port mesh.Port, policy *networking.Traf
 	return c
 }
 
-// http2ProtocolOptions makes Envoy speak HTTP/2 to a cluster's endpoints.
+// http2ProtocolOptions makes Envoy speak HTTP/2 to a cluster's endpoints. Each
+// cluster gets its own map (a map is the one shared thing a reader could mistake for
+// its own); the packed options inside are shared.
 func http2ProtocolOptions() map[string]*anypb.Any {
-	return map[string]*anypb.Any{
-		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpopts.HttpProtocolOptions{
-			UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
-			}},
-		}),
-	}
+	return map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": sharedHTTP2Options}
 }
+
+var sharedHTTP2Options = mustAny(&httpopts.HttpProtocolOptions{
+	UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
+		ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
+	}},
+})
 
 // portPolicy applies a port-level override of a traffic policy, as Istio does: the
 // port's settings replace the policy's load balancer when they set one.

@@ -45,9 +45,9 @@ func mustAny(m proto.Message) *anypb.Any {
 	return a
 }
 
-func routerFilter() *hcm.HttpFilter {
-	return &hcm.HttpFilter{Name: routerFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&router.Router{})}}
-}
+func routerFilter() *hcm.HttpFilter { return sharedRouterFilter }
+
+var sharedRouterFilter = &hcm.HttpFilter{Name: routerFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&router.Router{})}}
 
 func rdsConnectionManager(statPrefix, routeName string) *hcm.HttpConnectionManager {
 	return &hcm.HttpConnectionManager{

@@ -152,24 +152,32 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 	g.once.Do(func() {
 		defer close(g.done)
 		timer := c.metrics.startTranslation()
+		var pg *generated
+		if prev := st.prev.Load(); prev != nil {
+			pg = prev.finishedView(k)
+		}
 		g.res = xds.Generate(st.snap.ViewFor(k.namespace), k.kind)
 		g.types = make(map[string]map[string]*entry, len(xds.TypeURLs))
 		for _, typeURL := range xds.TypeURLs {
 			m := map[string]*entry{}
 			for _, r := range g.res.ByType(typeURL) {
 				e, err := newEntry(typeURL, r)
+				if err == nil && (pg == nil || pg.types[typeURL][e.name] == nil || pg.types[typeURL][e.name].version != e.version) {
+					// Only what changed needs validating: the rest passed before.
+					err = xds.Validate(r)
+				}
 				if err != nil {
-					c.log.Error("dropping generated resource that does not marshal", "type", typeURL, "name", cache.GetResourceName(r), "error", err)
+					// A translator bug must cost one resource, not the proxy's config.
+					c.log.Error("dropping invalid generated resource", "type", typeURL, "name", cache.GetResourceName(r), "error", err)
+					c.metrics.invalidResource(typeURL)
 					continue
 				}
 				m[e.name] = e
 			}
 			g.types[typeURL] = m
 		}
-		if prev := st.prev.Load(); prev != nil {
-			if pg := prev.finishedView(k); pg != nil {
-				g.changed = changedEntries(pg.types, g.types)
-			}
+		if pg != nil {
+			g.changed = changedEntries(pg.types, g.types)
 		}
 		timer.done()
 	})

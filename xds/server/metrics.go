@@ -12,6 +12,7 @@ type Metrics struct {
 	pushes       *prometheus.CounterVec
 	pushBytes    *prometheus.CounterVec
 	nacks        *prometheus.CounterVec
+	invalid      *prometheus.CounterVec
 	translations prometheus.Histogram
 }
 
@@ -30,13 +31,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "palisade_xds_nacks_total", Help: "xDS responses rejected by proxies, by type.",
 		}, []string{"type"}),
+		invalid: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_xds_invalid_resources_total", Help: "Generated resources dropped because they failed validation, by type.",
+		}, []string{"type"}),
 		translations: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "palisade_xds_translation_seconds", Help: "Time to translate the mesh for one view.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.pushes, m.pushBytes, m.nacks, m.translations)
+		reg.MustRegister(m.connected, m.pushes, m.pushBytes, m.nacks, m.invalid, m.translations)
 	}
 	return m
 }
@@ -65,6 +69,12 @@ func (m *Metrics) pushed(typeURL, protocol string, bytes int) {
 		t := shortType(typeURL)
 		m.pushes.WithLabelValues(t, protocol).Inc()
 		m.pushBytes.WithLabelValues(t, protocol).Add(float64(bytes))
+	}
+}
+
+func (m *Metrics) invalidResource(typeURL string) {
+	if m != nil {
+		m.invalid.WithLabelValues(shortType(typeURL)).Inc()
 	}
 }
 
