@@ -109,6 +109,7 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 			Hostname:   ResolveHost(h, o.Namespace),
 			Namespace:  o.Namespace,
 			Source:     o.Key,
+			Location:   o.Source,
 			Ports:      ports,
 			Addresses:  se.Addresses,
 			Resolution: se.Resolution,
@@ -152,8 +153,8 @@ func (b *builder) service(host string) *Service {
 func (b *builder) checkServices() {
 	for i := 1; i < len(b.snap.Services); i++ {
 		prev, cur := b.snap.Services[i-1], b.snap.Services[i]
-		if prev.Hostname == cur.Hostname && prev.Namespace == cur.Namespace {
-			b.report(config.SeverityWarning, cur.Source, config.Source{}, "host %s is also declared by %s; the first by name is used", cur.Hostname, prev.Source)
+		if prev.Hostname == cur.Hostname && prev.Namespace == cur.Namespace && prev.Source != cur.Source {
+			b.report(config.SeverityWarning, cur.Source, cur.Location, "host %s is also declared by %s; the first by name is used", cur.Hostname, prev.Source)
 		}
 	}
 }
@@ -178,10 +179,12 @@ func (b *builder) checkVirtualServices() {
 	for _, vs := range b.snap.VirtualServices {
 		for i, h := range vs.Hosts {
 			k := vs.Key.Namespace + "/" + h
-			if first, dup := seen[k]; dup {
+			switch first, dup := seen[k]; {
+			case !dup:
+				seen[k] = vs.Key
+			case first != vs.Key:
 				b.report(config.SeverityWarning, vs.Key, vs.Source, "spec.hosts[%d]: %s is also routed by %s; Istio does not merge them for sidecars and only the first is used", i, h, first)
 			}
-			seen[k] = vs.Key
 		}
 		if len(vs.Spec.Tcp) > 0 || len(vs.Spec.Tls) > 0 {
 			b.report(config.SeverityWarning, vs.Key, vs.Source, "spec.tcp and spec.tls routes are not translated yet and are ignored")

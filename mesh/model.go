@@ -51,9 +51,10 @@ type Port struct {
 
 // Service is one host of a ServiceEntry.
 type Service struct {
-	Hostname   string // fully qualified
-	Namespace  string // namespace of the ServiceEntry
-	Source     config.Key
+	Hostname   string     // fully qualified
+	Namespace  string     // namespace of the ServiceEntry
+	Source     config.Key // the ServiceEntry
+	Location   config.Source
 	Ports      []Port
 	Addresses  []string
 	Resolution networking.ServiceEntry_Resolution

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -152,25 +151,20 @@ func protojsonMessage(err error) string {
 // splitDocuments splits a multi-document YAML stream on "---" separator lines.
 func splitDocuments(data []byte) [][]byte {
 	var docs [][]byte
-	var cur bytes.Buffer
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64*1024), MaxDocumentBytes+1)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if isSeparator(line) {
-			docs = append(docs, bytes.Clone(cur.Bytes()))
-			cur.Reset()
-			continue
+	start := 0 // start of the current document
+	for pos := 0; pos < len(data); {
+		end := bytes.IndexByte(data[pos:], '\n')
+		next := pos + end + 1
+		if end < 0 {
+			end, next = len(data)-pos, len(data)
 		}
-		cur.Write(line)
-		cur.WriteByte('\n')
+		if isSeparator(bytes.TrimSuffix(data[pos:pos+end], []byte("\r"))) {
+			docs = append(docs, data[start:pos])
+			start = next
+		}
+		pos = next
 	}
-	if sc.Err() != nil {
-		// A single line longer than the document limit: hand the rest over as one
-		// document so that it is reported as too large.
-		cur.Write(data)
-	}
-	docs = append(docs, cur.Bytes())
+	docs = append(docs, data[start:])
 	// A leading separator produces an empty first document; drop it so that indexes
 	// count the documents a reader sees.
 	if len(docs) > 1 && len(bytes.TrimSpace(docs[0])) == 0 {

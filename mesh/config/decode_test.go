@@ -345,3 +345,21 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// A document with a line longer than the document limit is reported as too large,
+// and the documents after it are still read.
+func TestDecodeOverlongLineKeepsLaterDocuments(t *testing.T) {
+	long := "# " + strings.Repeat("x", config.MaxDocumentBytes+10) + "\n"
+	good := `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: w}
+spec: {address: 10.0.0.1}
+`
+	objs, diags := config.Decode("f.yaml", []byte(long+"---\n"+good))
+	if len(diags) != 1 || diags[0].Source.Index != 0 || !strings.Contains(diags[0].Message, "larger than") {
+		t.Fatalf("diagnostics = %v", diags)
+	}
+	if len(objs) != 1 || objs[0].Name != "w" || objs[0].Source.Index != 1 {
+		t.Fatalf("objects = %+v", objs)
+	}
+}

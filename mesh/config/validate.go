@@ -44,7 +44,7 @@ func (v *validator) errorf(field, format string, args ...any) {
 	v.errs = append(v.errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 }
 
-// dns1123Label matches a Kubernetes object name segment.
+// dns1123Subdomain matches a Kubernetes object name: dot-separated DNS labels.
 var dns1123Subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
 func validateObjectName(name, namespace string) error {
@@ -62,7 +62,7 @@ func validateObjectName(name, namespace string) error {
 
 // host validates a service host name: a DNS name, optionally with a leading "*."
 // wildcard, or "*" alone where allowed.
-func (v *validator) host(field, h string, allowShort bool) {
+func (v *validator) host(field, h string) {
 	if h == "" {
 		v.errorf(field, "host is required")
 		return
@@ -73,11 +73,6 @@ func (v *validator) host(field, h string, allowShort bool) {
 	name := strings.TrimPrefix(h, "*.")
 	if len(name) > 253 || !dns1123Subdomain.MatchString(strings.ToLower(name)) {
 		v.errorf(field, "%q is not a valid host name", h)
-		return
-	}
-	if !allowShort && !strings.Contains(name, ".") && !strings.HasPrefix(h, "*.") {
-		// Short names are only meaningful relative to a namespace.
-		return
 	}
 }
 
@@ -102,7 +97,7 @@ func (v *validator) serviceEntry(s *networking.ServiceEntry) {
 			v.errorf(fmt.Sprintf("spec.hosts[%d]", i), "wildcard host * is not allowed in a ServiceEntry")
 			continue
 		}
-		v.host(fmt.Sprintf("spec.hosts[%d]", i), h, true)
+		v.host(fmt.Sprintf("spec.hosts[%d]", i), h)
 	}
 	for i, a := range s.Addresses {
 		if _, err := netip.ParsePrefix(a); err != nil {
@@ -219,7 +214,7 @@ func (v *validator) virtualService(s *networking.VirtualService) {
 		v.errorf("spec.hosts", "at least one host is required")
 	}
 	for i, h := range s.Hosts {
-		v.host(fmt.Sprintf("spec.hosts[%d]", i), h, true)
+		v.host(fmt.Sprintf("spec.hosts[%d]", i), h)
 	}
 	if len(s.Http) == 0 && len(s.Tcp) == 0 && len(s.Tls) == 0 {
 		v.errorf("spec", "at least one of http, tcp or tls routes is required")
@@ -269,7 +264,7 @@ func (v *validator) httpRoute(f string, r *networking.HTTPRoute) {
 			v.errorf(df+".destination", "destination is required")
 			continue
 		}
-		v.host(df+".destination.host", d.Destination.Host, true)
+		v.host(df+".destination.host", d.Destination.Host)
 		if d.Destination.Host == "*" {
 			v.errorf(df+".destination.host", "wildcard host is not allowed as a destination")
 		}
@@ -302,17 +297,15 @@ func (v *validator) stringMatch(f string, m *networking.StringMatch) {
 	if m == nil {
 		return
 	}
-	switch t := m.MatchType.(type) {
-	case *networking.StringMatch_Regex:
+	if t, ok := m.MatchType.(*networking.StringMatch_Regex); ok {
 		if _, err := regexp.Compile(t.Regex); err != nil {
 			v.errorf(f+".regex", "invalid regular expression: %v", err)
 		}
-	case *networking.StringMatch_Prefix:
 	}
 }
 
 func (v *validator) destinationRule(s *networking.DestinationRule) {
-	v.host("spec.host", s.Host, true)
+	v.host("spec.host", s.Host)
 	seen := map[string]bool{}
 	for i, ss := range s.Subsets {
 		f := fmt.Sprintf("spec.subsets[%d]", i)
