@@ -259,3 +259,29 @@ func TestFullPushesWaitForAcknowledgement(t *testing.T) {
 		t.Fatal("second full push not sent after the first was acknowledged")
 	}
 }
+
+// Over delta xDS a NACKed resource is not resent either: the next response the client
+// sees carries the next configuration.
+func TestDeltaHoldsNackedVersionUntilConfigChanges(t *testing.T) {
+	s, client := startServer(t)
+	s.SetSnapshot(snapshot(t, 1, 2, 20))
+	stream, err := client.DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "svc0.default.svc.cluster.local:9080"
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: node("a", mesh.KindProxyless), TypeUrl: resource.RouteType, ResourceNamesSubscribe: []string{name}}); err != nil {
+		t.Fatal(err)
+	}
+	first := recv(t, stream.Recv)
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.RouteType, ResponseNonce: first.Nonce,
+		ErrorDetail: &status.Status{Code: 3, Message: "rejected for the test"}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // a resend would arrive at once
+	s.SetSnapshot(snapshot(t, 2, 2, 100))
+	second := recv(t, stream.Recv)
+	if len(second.Resources) != 1 || second.Resources[0].Version == first.Resources[0].Version {
+		t.Fatalf("the NACKed route was sent again instead of the next version")
+	}
+}
