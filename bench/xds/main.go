@@ -183,7 +183,11 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		fmt.Printf("change %d: all %d clients updated after %v (median client %v); %.0f bytes per client = %.4f%% of a full push\n",
 			n+1, len(cs), all.Round(time.Millisecond), median(per).Round(time.Millisecond), medianF(sent), 100*ratios[n])
 	}
-	rss, err := peakRSS(cmd.Process.Pid)
+	rss, err := procStatus(cmd.Process.Pid, "VmHWM:")
+	if err != nil {
+		return err
+	}
+	current, err := procStatus(cmd.Process.Pid, "VmRSS:")
 	if err != nil {
 		return err
 	}
@@ -192,9 +196,9 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 			return err
 		}
 	}
-	fmt.Printf("\nRESULT services=%d clients=%d kind=%s: change→all clients median %v (p50 per client %v); change bytes %.4f%% of full push; connect→full config alone %v, all %d at once p50 %v p99 %v; palisaded peak RSS %d MB\n",
+	fmt.Printf("\nRESULT services=%d clients=%d kind=%s: change→all clients median %v (p50 per client %v); change bytes %.4f%% of full push; connect→full config alone %v, all %d at once p50 %v p99 %v; palisaded peak RSS %d MB (%d MB at the end)\n",
 		services, clients, kind, median(latencies).Round(time.Millisecond), median(medians).Round(time.Millisecond), 100*medianF(ratios),
-		median(alone).Round(time.Millisecond), clients, median(connect).Round(time.Millisecond), percentile(connect, 0.99).Round(time.Millisecond), rss>>20)
+		median(alone).Round(time.Millisecond), clients, median(connect).Round(time.Millisecond), percentile(connect, 0.99).Round(time.Millisecond), rss>>20, current>>20)
 	cancel()
 	wg.Wait()
 	return nil
@@ -346,19 +350,19 @@ func fetch(url, file string) error {
 	return f.Close()
 }
 
-// peakRSS reads a process's high-water resident set size from /proc.
-func peakRSS(pid int) (int64, error) {
+// procStatus reads a memory figure (VmHWM: peak RSS, VmRSS: current) from /proc.
+func procStatus(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmHWM in /proc status")
+	return 0, fmt.Errorf("no %s in /proc status", field)
 }
 
 func median(d []time.Duration) time.Duration { return percentile(d, 0.5) }
