@@ -132,6 +132,14 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.HandleFunc("GET /debug/diagnostics", func(w http.ResponseWriter, _ *http.Request) {
+		// The latest reload's problems, also when they kept the last good objects
+		// served and so published nothing new.
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, d := range source.Diagnostics() {
+			fmt.Fprintln(w, d)
+		}
+	})
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, buildinfo.String()) })
 	monitoring := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 

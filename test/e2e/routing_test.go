@@ -147,6 +147,10 @@ func TestBrokenConfigKeepsTraffic(t *testing.T) {
 		if out := m.Output(); !strings.Contains(out, "reviews-routing.yaml") {
 			t.Errorf("palisaded's log does not name the broken file reviews-routing.yaml")
 		}
+		_, diags, err := m.get("/debug/diagnostics")
+		if err != nil || !strings.Contains(diags, "reviews-routing.yaml[doc 1] VirtualService default/reviews") || !strings.Contains(diags, "invalid regular expression") {
+			t.Errorf("/debug/diagnostics does not report the broken VirtualService (err %v):\n%s", err, diags)
+		}
 	})
 }
 
