@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,55 @@ type Cache struct {
 	mu      sync.Mutex
 	state   *state
 	watches map[*watch]struct{}
+	changes map[viewKey][]changeRecord // recent changes per view, oldest first
+}
+
+// changeRecord is what one configuration change changed in a view.
+type changeRecord struct {
+	seq     uint64
+	changed map[string]map[string]struct{}
+}
+
+// changeHistory bounds the changes remembered per view; a delta client further
+// behind is sent everything again.
+const changeHistory = 64
+
+func (c *Cache) recordChanges(k viewKey, seq uint64, changed map[string]map[string]struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	log := append(c.changes[k], changeRecord{seq, changed})
+	if len(log) > changeHistory {
+		log = slices.Clone(log[len(log)-changeHistory:])
+	}
+	c.changes[k] = log
+}
+
+// changedSince returns the names of a type changed in a view after generation base
+// up to now, or false if some of those changes are not remembered.
+func (c *Cache) changedSince(k viewKey, typeURL string, base, now uint64) (map[string]struct{}, bool) {
+	out := map[string]struct{}{}
+	if base == now {
+		return out, true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want := base + 1
+	for _, r := range c.changes[k] {
+		if r.seq < want {
+			continue
+		}
+		if r.seq != want {
+			return nil, false // a gap
+		}
+		for name := range r.changed[typeURL] {
+			out[name] = struct{}{}
+		}
+		if want == now {
+			return out, true
+		}
+		want++
+	}
+	return nil, false
 }
 
 // state is one snapshot and the translations made from it, created on demand.
@@ -67,6 +117,7 @@ type state struct {
 // generated is the translation for one view, marshalled once and shared by all the
 // proxies that have that view.
 type generated struct {
+	seq   uint64 // of the state it belongs to
 	once  sync.Once
 	done  chan struct{} // closed when generation is complete
 	res   *xds.Resources
@@ -93,7 +144,7 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Cache{log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, watches: map[*watch]struct{}{}}
+	return &Cache{log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, watches: map[*watch]struct{}{}, changes: map[viewKey][]changeRecord{}}
 }
 
 var _ cache.Cache = (*Cache)(nil)
@@ -145,7 +196,7 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 	st.mu.Lock()
 	g := st.views[k]
 	if g == nil {
-		g = &generated{serverListeners: map[string]*entry{}, done: make(chan struct{})}
+		g = &generated{seq: st.seq, serverListeners: map[string]*entry{}, done: make(chan struct{})}
 		st.views[k] = g
 	}
 	st.mu.Unlock()
@@ -178,6 +229,7 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 		}
 		if pg != nil {
 			g.changed = changedEntries(pg.types, g.types)
+			c.recordChanges(k, st.seq, g.changed)
 		}
 		timer.done()
 	})
@@ -478,24 +530,29 @@ func sotwVersion(entries []*entry, sub cache.Subscription) string {
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
+// deltaBaseKey is the entry of a delta stream's returned-resources map that names the
+// generation (state seq) whose versions the proxy has for every resource it
+// subscribes to; other entries override it for one name. Resource names are never
+// empty. One entry per stream and type, instead of one per resource, keeps a large
+// fleet subscribed to a large mesh from holding a version map per proxy.
+const deltaBaseKey = ""
+
 // answerDelta sends the resources whose version differs from what the client has,
-// and the removal of those it has that no longer exist. A NACKed version counts as
-// had: it is not resent until it changes.
+// and the removal of those it may have that no longer exist. A NACKed version counts
+// as had: it is not resent until it changes.
 func (c *Cache) answerDelta(g *generated, w *watch) bool {
 	typeURL := w.delta.GetTypeUrl()
 	entries := g.selected(typeURL, w.sub, w.proxy.Kind)
-	returned := w.sub.ReturnedResources()
-	next := make(map[string]string, len(entries))
+	had := c.deltaKnowledge(g, w, typeURL)
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}
 	for _, e := range entries {
-		next[e.name] = e.version
-		if returned[e.name] != e.version {
+		if v, ok := had.version(e.name, e); !ok || v != e.version {
 			resp.Resources = append(resp.Resources, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.any})
 		}
 	}
 	subscribed := w.sub.SubscribedResources()
-	for _, name := range mesh.SortedKeys(returned) {
-		if _, ok := next[name]; ok {
+	for _, name := range had.mayHave() {
+		if g.lookup(typeURL, name, w.proxy.Kind) != nil {
 			continue
 		}
 		if _, ok := subscribed[name]; ok || w.sub.IsWildcard() {
@@ -506,6 +563,65 @@ func (c *Cache) answerDelta(g *generated, w *watch) bool {
 		return false
 	}
 	resp.SystemVersionInfo = sotwVersion(entries, w.sub)
+	next := map[string]string{deltaBaseKey: strconv.FormatUint(g.seq, 10)}
 	w.deltaCh <- &cache.DeltaPassthroughResponse{DeltaRequest: w.delta, NextVersionMap: next, DeltaDiscoveryResponse: resp}
 	return true
+}
+
+// deltaKnowledge is what a delta client has of one type.
+type deltaKnowledge struct {
+	returned map[string]string   // explicit versions (and the base entry)
+	based    bool                // the client has the base generation for the rest
+	stale    map[string]struct{} // changed since the base, or newly subscribed
+}
+
+func (c *Cache) deltaKnowledge(g *generated, w *watch, typeURL string) deltaKnowledge {
+	k := deltaKnowledge{returned: w.sub.ReturnedResources()}
+	baseStr, ok := k.returned[deltaBaseKey]
+	if !ok {
+		return k
+	}
+	base, err := strconv.ParseUint(baseStr, 10, 64)
+	if err != nil {
+		return k
+	}
+	stale, ok := c.changedSince(keyOf(w.proxy), typeURL, base, g.seq)
+	if !ok {
+		return k // the changes since the base are no longer known: resend everything
+	}
+	// A name subscribed by this request is sent whatever the client had before it
+	// unsubscribed, as the protocol asks.
+	for _, name := range w.delta.GetResourceNamesSubscribe() {
+		stale[name] = struct{}{}
+	}
+	k.based, k.stale = true, stale
+	return k
+}
+
+// version returns the version the client has of a resource currently served as e.
+func (k deltaKnowledge) version(name string, e *entry) (string, bool) {
+	if v, ok := k.returned[name]; ok && name != deltaBaseKey {
+		return v, true
+	}
+	if !k.based {
+		return "", false
+	}
+	if _, stale := k.stale[name]; stale {
+		return "", false
+	}
+	return e.version, true // unchanged since the base, which the client has
+}
+
+// mayHave lists, sorted, the names the client may have that could have gone away.
+func (k deltaKnowledge) mayHave() []string {
+	names := make(map[string]struct{}, len(k.returned)+len(k.stale))
+	for name := range k.returned {
+		if name != deltaBaseKey {
+			names[name] = struct{}{}
+		}
+	}
+	for name := range k.stale {
+		names[name] = struct{}{}
+	}
+	return mesh.SortedKeys(names)
 }

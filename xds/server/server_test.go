@@ -285,3 +285,51 @@ func TestDeltaHoldsNackedVersionUntilConfigChanges(t *testing.T) {
 		t.Fatalf("the NACKed route was sent again instead of the next version")
 	}
 }
+
+// Delta streams remember only the generation a proxy has; removals, resubscriptions
+// and changes that happen between a response and its ACK are still all delivered.
+func TestDeltaRemovalsAndResubscriptions(t *testing.T) {
+	s, client := startServer(t)
+	s.SetSnapshot(snapshot(t, 1, 3, 20))
+	stream, err := client.DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(r *discovery.DeltaDiscoveryRequest) {
+		t.Helper()
+		if err := stream.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eds := xds.ClusterName(9080, "v1", meshgen.Host(1))
+	send(&discovery.DeltaDiscoveryRequest{Node: node("envoy", mesh.KindSidecar), TypeUrl: resource.ClusterType})
+	cds := recv(t, stream.Recv)
+	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: cds.Nonce})
+	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{eds}})
+	first := recv(t, stream.Recv)
+	if len(first.Resources) != 1 || first.Resources[0].Name != eds {
+		t.Fatalf("EDS: got %v", first.Resources)
+	}
+	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: first.Nonce})
+
+	// Unsubscribe, then subscribe again: the assignment is sent again.
+	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesUnsubscribe: []string{eds}})
+	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{eds}})
+	again := recv(t, stream.Recv)
+	if again.TypeUrl != resource.EndpointType || len(again.Resources) != 1 || again.Resources[0].Name != eds {
+		t.Fatalf("resubscribed EDS: got %s %v", again.TypeUrl, again.Resources)
+	}
+	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: again.Nonce})
+
+	// Service 2 goes away: its three clusters are removed, nothing else is sent.
+	s.SetSnapshot(snapshot(t, 2, 2, 20))
+	gone := recv(t, stream.Recv)
+	if gone.TypeUrl != resource.ClusterType || len(gone.Resources) != 0 || len(gone.RemovedResources) != 3 {
+		t.Fatalf("after removing a service: %s, %d resources, removed %v", gone.TypeUrl, len(gone.Resources), gone.RemovedResources)
+	}
+	for _, name := range gone.RemovedResources {
+		if !strings.HasSuffix(name, "|"+meshgen.Host(2)) {
+			t.Errorf("removed %s, which still exists", name)
+		}
+	}
+}
