@@ -21,9 +21,8 @@ type pushThrottle struct {
 	mu        sync.Mutex
 	free      int
 	waiting   []waiter
-	byRequest map[any]*pushSlot         // made, not yet handed to the stream
-	bySent    map[sentKey]*pushSlot     // sent, waiting for the proxy's next request
-	byStream  map[streamKey][]*pushSlot // to free everything when a stream closes
+	byRequest map[any]*pushSlot     // made, not yet handed to the stream
+	bySent    map[sentKey]*pushSlot // sent, waiting for the proxy's next request
 }
 
 type waiter struct {
@@ -52,7 +51,6 @@ func newPushThrottle(size int, timeout time.Duration) *pushThrottle {
 		timeout:   timeout,
 		byRequest: map[any]*pushSlot{},
 		bySent:    map[sentKey]*pushSlot{},
-		byStream:  map[streamKey][]*pushSlot{},
 	}
 }
 
@@ -125,7 +123,6 @@ func (t *pushThrottle) sent(req any, k sentKey) {
 		defer old.release() // after t.mu is unlocked
 	}
 	t.bySent[k] = s
-	t.byStream[k.stream] = append(t.byStream[k.stream], s)
 }
 
 // received frees the slot of the last response of a type on a stream.
@@ -140,16 +137,17 @@ func (t *pushThrottle) received(k sentKey) {
 	s.release()
 }
 
-// closed frees every slot of a stream.
+// closed frees every slot of a stream. Slots of responses it never sent are freed
+// by their timeout.
 func (t *pushThrottle) closed(stream streamKey) {
 	if t == nil {
 		return
 	}
+	var slots []*pushSlot
 	t.mu.Lock()
-	slots := t.byStream[stream]
-	delete(t.byStream, stream)
-	for k := range t.bySent {
+	for k, s := range t.bySent {
 		if k.stream == stream {
+			slots = append(slots, s)
 			delete(t.bySent, k)
 		}
 	}
