@@ -191,6 +191,9 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	if err != nil {
 		return err
 	}
+	if mem, err := memStats(monAddr); err == nil {
+		fmt.Println("palisaded memory at the end:", mem)
+	}
 	if heapProfile != "" {
 		if err := fetch("http://"+monAddr+"/debug/pprof/heap", heapProfile); err != nil {
 			return err
@@ -331,6 +334,33 @@ func waitReady(addr string, timeout time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("palisaded not ready within %v", timeout)
+}
+
+// memStats picks the Go runtime's memory figures from palisaded's /metrics.
+func memStats(addr string) (string, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, line := range strings.Split(string(body), "\n") {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes", "go_memstats_stack_inuse_bytes", "go_goroutines"} {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				if strings.HasSuffix(name, "_bytes") {
+					out = append(out, fmt.Sprintf("%s=%.0fMB", strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes"), f/(1<<20)))
+				} else {
+					out = append(out, fmt.Sprintf("%s=%.0f", strings.TrimPrefix(name, "go_"), f))
+				}
+			}
+		}
+	}
+	return strings.Join(out, " "), nil
 }
 
 func fetch(url, file string) error {
