@@ -87,6 +87,7 @@ func (t *pushThrottle) slotLocked(req any) *pushSlot {
 			return
 		}
 		next := t.waiting[0]
+		t.waiting[0] = waiter{} // the backing array must not keep the request alive
 		t.waiting = t.waiting[1:]
 		ns := t.slotLocked(next.req)
 		t.mu.Unlock()
