@@ -29,6 +29,7 @@ bench-go:
 bench-xds:
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind proxyless
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar
+	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar --palisaded-flags "--memory-limit 250MiB"
 
 ## demo: the live routing demo in examples/demo.
 demo:

@@ -45,14 +45,15 @@ func main() {
 	changes := flag.Int("changes", 5, "VirtualService edits to time")
 	palisaded := flag.String("palisaded", "", "palisaded binary (default: build ./cmd/palisaded)")
 	heapProfile := flag.String("heap-profile", "", "write palisaded's heap profile here at the end")
+	extra := flag.String("palisaded-flags", "", "more flags for palisaded, space separated (e.g. \"--memory-limit 250MiB\")")
 	flag.Parse()
-	if err := run(*services, *clients, *kind, *changes, *palisaded, *heapProfile); err != nil {
+	if err := run(*services, *clients, *kind, *changes, *palisaded, *heapProfile, strings.Fields(*extra)); err != nil {
 		fmt.Fprintln(os.Stderr, "xds-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(services, clients int, kind string, changes int, binary, heapProfile string) error {
+func run(services, clients int, kind string, changes int, binary, heapProfile string, extraFlags []string) error {
 	if kind != "proxyless" && kind != "sidecar" {
 		return fmt.Errorf("--kind %q: use proxyless or sidecar", kind)
 	}
@@ -79,7 +80,8 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		}
 	}
 	xdsAddr, monAddr := freeAddr(), freeAddr()
-	cmd := exec.Command(binary, "--config-dir", configDir, "--xds-address", xdsAddr, "--monitoring-address", monAddr, "--log-level", "warn")
+	args := append([]string{"--config-dir", configDir, "--xds-address", xdsAddr, "--monitoring-address", monAddr, "--log-level", "warn"}, extraFlags...)
+	cmd := exec.Command(binary, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -88,7 +90,7 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	if err := waitReady(monAddr, 30*time.Second); err != nil {
 		return err
 	}
-	fmt.Printf("palisaded pid %d serving %d services; %d %s delta ADS clients\n", cmd.Process.Pid, services, clients, kind)
+	fmt.Printf("palisaded pid %d (%s) serving %d services; %d %s delta ADS clients\n", cmd.Process.Pid, strings.Join(extraFlags, " "), services, clients, kind)
 
 	subs := subscriptions(kind, services)
 	changed := "svc0.default.svc.cluster.local:9080"

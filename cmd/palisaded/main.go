@@ -17,6 +17,8 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -39,6 +41,7 @@ type options struct {
 	logLevel          string
 	logFormat         string
 	maxFullPushes     int
+	memoryLimit       string
 }
 
 func main() {
@@ -50,6 +53,7 @@ func main() {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
+	fs.StringVar(&o.memoryLimit, "memory-limit", "", "soft memory limit for the Go runtime, e.g. 250MiB or 1GiB (as GOMEMLIMIT; set it a little below the container's limit): the garbage collector works harder near it instead of letting the heap double")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS.\n\nFlags:\n")
@@ -70,12 +74,40 @@ func main() {
 		fmt.Fprintln(os.Stderr, "palisaded:", err)
 		os.Exit(2)
 	}
+	if o.memoryLimit != "" {
+		n, err := parseBytes(o.memoryLimit)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "palisaded: --memory-limit:", err)
+			os.Exit(2)
+		}
+		debug.SetMemoryLimit(n)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {
 		log.Error("palisaded stopped", "error", err)
 		os.Exit(1)
 	}
+}
+
+// parseBytes reads a size such as 512MiB, 1GiB, 300MB or 1048576.
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		factor int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	number, factor := s, int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			number, factor = n, u.factor
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(number), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size such as 512MiB or 1GiB", s)
+	}
+	return n * factor, nil
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
