@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO    ?= go
 
-.PHONY: run build test test-go lint bench bench-go bench-xds demo
+.PHONY: run build test lint bench bench-go bench-xds fuzz demo
 
 ## run: build and start palisaded on the example mesh (examples/mesh).
 run:
@@ -30,6 +30,15 @@ bench-xds:
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind proxyless
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar --palisaded-flags "--memory-limit 250MiB"
+
+## fuzz: a minute of each fuzzer. FuzzDecode (untrusted YAML) runs coverage-guided.
+## FuzzGenerate (decode → model → translation → validation) runs from a test binary
+## built without coverage: instrumenting the Envoy API packages slows coverage-guided
+## runs to a few executions per second.
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./mesh/config
+	$(GO) test -c -o bin/xds.test ./xds
+	cd xds && ../bin/xds.test -test.run '^$$' -test.fuzz FuzzGenerate -test.fuzztime 60s -test.fuzzcachedir ../.cache/fuzz
 
 ## demo: the live routing demo in examples/demo.
 demo:
