@@ -151,6 +151,25 @@ func (b *builder) service(host string) *Service {
 }
 
 func (b *builder) checkServices() {
+	// Sidecars tell services on a port apart by address: an address claimed twice on
+	// a port goes to the first service by host name.
+	type portAddress struct {
+		port    uint32
+		address string
+	}
+	claimed := map[portAddress]*Service{}
+	for _, svc := range b.snap.Services {
+		for _, p := range svc.Ports {
+			for _, a := range svc.Addresses {
+				k := portAddress{p.Number, a}
+				if first := claimed[k]; first == nil {
+					claimed[k] = svc
+				} else if first.Source != svc.Source {
+					b.report(config.SeverityWarning, svc.Source, svc.Location, "address %s port %d is also claimed by %s (%s); sidecars send it to %s", a, p.Number, first.Hostname, first.Source, first.Hostname)
+				}
+			}
+		}
+	}
 	for i := 1; i < len(b.snap.Services); i++ {
 		prev, cur := b.snap.Services[i-1], b.snap.Services[i]
 		if prev.Hostname == cur.Hostname && prev.Namespace == cur.Namespace && prev.Source != cur.Source {

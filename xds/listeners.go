@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"slices"
 	"net"
 	"net/netip"
 	"strconv"
@@ -129,8 +130,15 @@ func ProxylessServerListener(name string) (*listener.Listener, error) {
 // sidecarOutbound returns an Envoy sidecar's outbound listeners and routes: the
 // capture listener on 15001, and one listener per service port number (named
 // 0.0.0.0_PORT, not bound: it receives connections handed over by the capture
-// listener). HTTP ports route through RDS configuration named by the port; TCP
-// ports forward to the service whose address the connection was sent to.
+// listener).
+//
+// On a port's listener, a service with addresses (VIPs) gets a filter chain matching
+// them: an HTTP service's chain routes through a route configuration of its own,
+// named HOST:PORT, so that a routing change resends that service's routes and not
+// the whole port's; a TCP service's chain forwards to its cluster. HTTP services
+// without an address share the default chain, routed by Host header through the
+// route configuration named by the port, as in Istio, which also passes traffic for
+// unknown hosts through.
 func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfiguration) {
 	type portServices struct {
 		http []*mesh.Service
@@ -153,32 +161,62 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 			}
 		}
 	}
+	slices.Sort(numbers)
 	ls := []*listener.Listener{virtualOutboundListener()}
 	var rs []*route.RouteConfiguration
 	for _, n := range numbers {
 		ps := byPort[n]
+		portName := strconv.FormatUint(uint64(n), 10)
 		l := &listener.Listener{
-			Name:             "0.0.0.0_" + strconv.FormatUint(uint64(n), 10),
+			Name:             "0.0.0.0_" + portName,
 			Address:          socketAddress("0.0.0.0", n),
 			BindToPort:       wrapperspb.Bool(false),
 			TrafficDirection: core.TrafficDirection_OUTBOUND,
 		}
-		// TCP services are told apart by destination address; a TCP service without
-		// one cannot share a port and is left out of the capture.
-		for _, svc := range ps.tcp {
-			if fc := tcpFilterChain(svc, n); fc != nil {
-				l.FilterChains = append(l.FilterChains, fc)
+		// Envoy rejects a listener whose filter chains match the same addresses: the
+		// first service (by host name) to claim an address keeps it.
+		claimed := map[string]bool{}
+		var byHost []*mesh.Service
+		for _, svc := range ps.http {
+			ranges := addressRanges(svc.Addresses, claimed)
+			if len(ranges) == 0 {
+				byHost = append(byHost, svc)
+				continue
 			}
+			p, _ := svc.Port(n)
+			name := hostPort(svc.Hostname, n)
+			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+				Name:             name,
+				FilterChainMatch: &listener.FilterChainMatch{PrefixRanges: ranges},
+				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
+					TypedConfig: mustAny(rdsConnectionManager("outbound_"+name, name)),
+				}}},
+			})
+			rs = append(rs, &route.RouteConfiguration{
+				Name:             name,
+				ValidateClusters: wrapperspb.Bool(false),
+				VirtualHosts: []*route.VirtualHost{{
+					// The chain already chose the service: any Host header reaches it.
+					Name:    name,
+					Domains: []string{"*"},
+					Routes:  g.routes(svc, p),
+				}},
+			})
+		}
+		for _, svc := range ps.tcp {
+			if ranges := addressRanges(svc.Addresses, claimed); len(ranges) > 0 {
+				l.FilterChains = append(l.FilterChains, tcpFilterChain(svc, n, ranges))
+			}
+			// A TCP service without an address cannot share a port: it is left out.
 		}
 		if len(ps.http) > 0 {
-			routeName := strconv.FormatUint(uint64(n), 10)
 			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
 				Name: "http",
 				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
-					TypedConfig: mustAny(rdsConnectionManager("outbound_0.0.0.0_"+routeName, routeName)),
+					TypedConfig: mustAny(rdsConnectionManager("outbound_0.0.0.0_"+portName, portName)),
 				}}},
 			})
-			rs = append(rs, g.sidecarRouteConfig(routeName, n, ps.http))
+			rs = append(rs, g.sidecarRouteConfig(portName, n, byHost))
 		}
 		if len(l.FilterChains) > 0 {
 			ls = append(ls, l)
@@ -187,9 +225,11 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 	return ls, rs
 }
 
-func tcpFilterChain(svc *mesh.Service, port uint32) *listener.FilterChain {
+// addressRanges turns service addresses (IPs or CIDRs) into filter chain ranges,
+// leaving out those already claimed on the listener and claiming the rest.
+func addressRanges(addresses []string, claimed map[string]bool) []*core.CidrRange {
 	var ranges []*core.CidrRange
-	for _, a := range svc.Addresses {
+	for _, a := range addresses {
 		pfx, err := netip.ParsePrefix(a)
 		if err != nil {
 			ip, err := netip.ParseAddr(a)
@@ -198,11 +238,17 @@ func tcpFilterChain(svc *mesh.Service, port uint32) *listener.FilterChain {
 			}
 			pfx = netip.PrefixFrom(ip, ip.BitLen())
 		}
+		pfx = pfx.Masked()
+		if claimed[pfx.String()] {
+			continue
+		}
+		claimed[pfx.String()] = true
 		ranges = append(ranges, &core.CidrRange{AddressPrefix: pfx.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(pfx.Bits()))})
 	}
-	if len(ranges) == 0 {
-		return nil
-	}
+	return ranges
+}
+
+func tcpFilterChain(svc *mesh.Service, port uint32, ranges []*core.CidrRange) *listener.FilterChain {
 	cluster := ClusterName(port, "", svc.Hostname)
 	return &listener.FilterChain{
 		Name:             cluster,

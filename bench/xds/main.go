@@ -41,7 +41,7 @@ import (
 func main() {
 	services := flag.Int("services", 1000, "services in the mesh, each with a VirtualService and a DestinationRule")
 	clients := flag.Int("clients", 500, "concurrent ADS clients")
-	kind := flag.String("kind", "proxyless", "client kind: proxyless (subscribes every service by name: one route per service) or sidecar (wildcard CDS/LDS, one route per port)")
+	kind := flag.String("kind", "proxyless", "client kind: proxyless (subscribes every service by name) or sidecar (wildcard CDS/LDS, EDS and RDS by name)")
 	changes := flag.Int("changes", 5, "VirtualService edits to time")
 	palisaded := flag.String("palisaded", "", "palisaded binary (default: build ./cmd/palisaded)")
 	heapProfile := flag.String("heap-profile", "", "write palisaded's heap profile here at the end")
@@ -93,10 +93,8 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	fmt.Printf("palisaded pid %d (%s) serving %d services; %d %s delta ADS clients\n", cmd.Process.Pid, strings.Join(extraFlags, " "), services, clients, kind)
 
 	subs := subscriptions(kind, services)
-	changed := "svc0.default.svc.cluster.local:9080"
-	if kind == "sidecar" {
-		changed = "9080"
-	}
+	changed := meshgen.Host(0) + ":9080" // the route configuration svc0's routes are in
+
 	// One proxy alone first: connect → full config with nothing else going on.
 	var alone []time.Duration
 	for range 5 {
@@ -222,9 +220,11 @@ func subscriptions(kind string, services int) map[string][]string {
 	}
 	subs[resource.EndpointType] = clusters
 	if kind == "sidecar" {
+		// Wildcard CDS and LDS; the route configurations the listener names: one per
+		// service (each has an address) and the port's, for Host-routed traffic.
 		subs[resource.ClusterType] = nil
 		subs[resource.ListenerType] = nil
-		subs[resource.RouteType] = []string{"9080"}
+		subs[resource.RouteType] = append(hostPorts, "9080")
 	} else {
 		subs[resource.ClusterType] = clusters
 		subs[resource.ListenerType] = hostPorts

@@ -1,7 +1,7 @@
 // Package meshgen writes synthetic meshes for benchmarks and scale tests: n gRPC
-// services in namespace default, each with two versions (a WorkloadEntry-style
-// endpoint per version), a DestinationRule with subsets v1 and v2 and a
-// VirtualService that splits traffic between them.
+// services in namespace default, each with an address (as a Kubernetes ClusterIP),
+// two versions (an endpoint per version), a DestinationRule with subsets v1 and v2
+// and a VirtualService that splits traffic between them.
 package meshgen
 
 import (
@@ -19,6 +19,7 @@ kind: ServiceEntry
 metadata: {name: svc%[1]d, namespace: default}
 spec:
   hosts: [svc%[1]d.default.svc.cluster.local]
+  addresses: [240.%[2]d.%[3]d.1]
   ports: [{number: 9080, name: grpc, protocol: GRPC}]
   resolution: STATIC
   endpoints:

@@ -181,7 +181,7 @@ func TestDeltaSendsOnlyChangedResources(t *testing.T) {
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: full.Nonce}); err != nil {
 		t.Fatal(err)
 	}
-	routes := "9080"
+	routes := meshgen.Host(0) + ":9080" // svc0 has an address: its routes are its own
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.RouteType, ResourceNamesSubscribe: []string{routes}}); err != nil {
 		t.Fatal(err)
 	}
