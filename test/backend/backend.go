@@ -21,13 +21,19 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
 )
 
@@ -228,18 +234,61 @@ func (b *Backend) WaitMode(ctx context.Context, want connectivity.ServingMode) e
 	}
 }
 
+// Request headers that make UnaryCall misbehave, for timeout and retry tests.
+const (
+	// DelayHeader makes the call wait this long (a Go duration) before answering.
+	DelayHeader = "x-delay"
+	// FailHeader makes the first N attempts of a call fail with UNAVAILABLE; the
+	// attempts of one call share its CallIDHeader.
+	FailHeader   = "x-fail-attempts"
+	CallIDHeader = "x-call-id"
+)
+
 // service implements grpc.testing.TestService's UnaryCall and EmptyCall.
 type service struct {
 	testpb.UnimplementedTestServiceServer
 	version string
 	addr    string
+
+	mu       sync.Mutex
+	attempts map[string]int // by call ID
 }
 
 func (s *service) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, error) {
 	return &testpb.Empty{}, nil
 }
 
-// UnaryCall answers with the backend's version and listen address.
-func (s *service) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+// UnaryCall answers with the backend's version and listen address, after the delay
+// or failures the request's headers ask for.
+func (s *service) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(FailHeader); len(v) > 0 {
+		n, err := strconv.Atoi(v[0])
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", FailHeader, err)
+		}
+		id := strings.Join(md.Get(CallIDHeader), ",")
+		s.mu.Lock()
+		if s.attempts == nil {
+			s.attempts = map[string]int{}
+		}
+		s.attempts[id]++
+		attempt := s.attempts[id]
+		s.mu.Unlock()
+		if attempt <= n {
+			return nil, status.Errorf(codes.Unavailable, "attempt %d of call %q fails on purpose", attempt, id)
+		}
+	}
+	if v := md.Get(DelayHeader); len(v) > 0 {
+		d, err := time.ParseDuration(v[0])
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", DelayHeader, err)
+		}
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
 	return &testpb.SimpleResponse{ServerId: s.version, Hostname: s.addr}, nil
 }
