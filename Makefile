@@ -16,7 +16,7 @@ build:
 test:
 	./scripts/test.sh
 
-## lint: gofmt and go vet.
+## lint: gofmt, go vet and staticcheck.
 lint:
 	./scripts/lint.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gofmt and go vet over the whole module; fails listing the files that need work.
+# gofmt, go vet and staticcheck over the whole module; fails listing what needs work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*'))
@@ -9,3 +9,5 @@ if [[ -n "$unformatted" ]]; then
   exit 1
 fi
 go vet ./...
+# staticcheck, pinned, built from the Go module proxy into the Go build cache.
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...

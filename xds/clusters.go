@@ -100,6 +100,7 @@ func (g *generator) lbPolicy(lb *networking.LoadBalancerSettings) cluster.Cluste
 	switch lb.GetSimple() {
 	case networking.LoadBalancerSettings_ROUND_ROBIN:
 		return cluster.Cluster_ROUND_ROBIN
+	//lint:ignore SA1019 deprecated, but Istio still accepts LEAST_CONN as LEAST_REQUEST
 	case networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN:
 		return cluster.Cluster_LEAST_REQUEST
 	case networking.LoadBalancerSettings_RANDOM:

@@ -11,10 +11,8 @@ package xds
 
 import (
 	"cmp"
-	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -104,19 +102,6 @@ const (
 // ClusterName returns Istio's name of an outbound cluster.
 func ClusterName(port uint32, subset, host string) string {
 	return "outbound|" + strconv.FormatUint(uint64(port), 10) + "|" + subset + "|" + host
-}
-
-// ParseClusterName splits an outbound cluster name.
-func ParseClusterName(name string) (port uint32, subset, host string, err error) {
-	parts := strings.Split(name, "|")
-	if len(parts) != 4 || parts[0] != "outbound" {
-		return 0, "", "", fmt.Errorf("%q is not an outbound cluster name", name)
-	}
-	p, err := strconv.ParseUint(parts[1], 10, 16)
-	if err != nil {
-		return 0, "", "", fmt.Errorf("%q has an invalid port: %w", name, err)
-	}
-	return uint32(p), parts[2], parts[3], nil
 }
 
 // hostPort is the name of a proxyless listener and route for a service port.

@@ -245,9 +245,8 @@ type client struct {
 	ready           chan struct{}
 	fullConfigAfter time.Duration
 
-	mu       sync.Mutex
-	versions map[string]string // watched route: version seen
-	got      chan time.Time
+	mu  sync.Mutex
+	got chan time.Time
 }
 
 func (c *client) expect() {
