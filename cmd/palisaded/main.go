@@ -53,7 +53,7 @@ func main() {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
-	fs.StringVar(&o.memoryLimit, "memory-limit", "", "soft memory limit for the Go runtime, e.g. 250MiB or 1GiB (as GOMEMLIMIT; set it a little below the container's limit): the garbage collector works harder near it instead of letting the heap double")
+	fs.StringVar(&o.memoryLimit, "memory-limit", "", "soft memory limit for the Go runtime, e.g. 250MiB or 1GiB, or none (as GOMEMLIMIT): the garbage collector works harder near it instead of letting the heap double (default: GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if there is one)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS.\n\nFlags:\n")
@@ -74,13 +74,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "palisaded:", err)
 		os.Exit(2)
 	}
-	if o.memoryLimit != "" {
-		n, err := parseBytes(o.memoryLimit)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "palisaded: --memory-limit:", err)
-			os.Exit(2)
-		}
-		debug.SetMemoryLimit(n)
+	limit, from, err := memoryLimit(o.memoryLimit, os.Getenv("GOMEMLIMIT"), "/")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "palisaded: --memory-limit:", err)
+		os.Exit(2)
+	}
+	if limit > 0 {
+		debug.SetMemoryLimit(limit)
+		log.Info("soft memory limit set", "bytes", limit, "from", from)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
