@@ -17,11 +17,18 @@ import (
 // hosts and subsets routing rules refer to are resolved. Problems are reported in
 // Snapshot.Diagnostics; they never stop the rest of the mesh from being built.
 func Build(version uint64, objs []config.Object) *Snapshot {
+	return BuildFrom(nil, version, objs)
+}
+
+// BuildFrom is Build reusing the model objects of prev (may be nil) whose inputs are
+// the very same decoded objects: unchanged parts of the mesh keep their identity from
+// one snapshot to the next, which lets translators reuse their work.
+func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 	objs = slices.Clone(objs)
 	slices.SortFunc(objs, func(a, b config.Object) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
-	b := builder{snap: &Snapshot{Version: version}, workloads: map[string][]config.Object{}}
+	b := builder{snap: &Snapshot{Version: version}, workloads: map[string][]config.Object{}, prev: indexPrevious(prev)}
 	for _, o := range objs {
 		if o.Kind == config.KindWorkloadEntry {
 			b.workloads[o.Namespace] = append(b.workloads[o.Namespace], o)
@@ -32,17 +39,25 @@ func Build(version uint64, objs []config.Object) *Snapshot {
 		case *networking.ServiceEntry:
 			b.serviceEntry(o, spec)
 		case *networking.VirtualService:
-			b.snap.VirtualServices = append(b.snap.VirtualServices, &VirtualService{
-				Key: o.Key, Source: o.Source, Spec: spec,
-				Hosts:    resolveHosts(spec.Hosts, o.Namespace),
-				ExportTo: visibility(spec.ExportTo, o.Namespace),
-			})
+			vs := b.prev.virtualServices[o.Key]
+			if vs == nil || vs.Spec != spec || vs.Source != o.Source {
+				vs = &VirtualService{
+					Key: o.Key, Source: o.Source, Spec: spec,
+					Hosts:    resolveHosts(spec.Hosts, o.Namespace),
+					ExportTo: visibility(spec.ExportTo, o.Namespace),
+				}
+			}
+			b.snap.VirtualServices = append(b.snap.VirtualServices, vs)
 		case *networking.DestinationRule:
-			b.snap.DestinationRules = append(b.snap.DestinationRules, &DestinationRule{
-				Key: o.Key, Source: o.Source, Spec: spec,
-				Host:     ResolveHost(spec.Host, o.Namespace),
-				ExportTo: visibility(spec.ExportTo, o.Namespace),
-			})
+			dr := b.prev.destinationRules[o.Key]
+			if dr == nil || dr.Spec != spec || dr.Source != o.Source {
+				dr = &DestinationRule{
+					Key: o.Key, Source: o.Source, Spec: spec,
+					Host:     ResolveHost(spec.Host, o.Namespace),
+					ExportTo: visibility(spec.ExportTo, o.Namespace),
+				}
+			}
+			b.snap.DestinationRules = append(b.snap.DestinationRules, dr)
 		}
 	}
 	slices.SortFunc(b.snap.Services, func(a, c *Service) int {
@@ -57,6 +72,36 @@ func Build(version uint64, objs []config.Object) *Snapshot {
 type builder struct {
 	snap      *Snapshot
 	workloads map[string][]config.Object // WorkloadEntries by namespace, sorted by name
+	prev      previous
+}
+
+// previous indexes the objects of the snapshot before, for reuse.
+type previous struct {
+	services         map[serviceKey]*Service
+	virtualServices  map[config.Key]*VirtualService
+	destinationRules map[config.Key]*DestinationRule
+}
+
+type serviceKey struct {
+	entry config.Key
+	host  string
+}
+
+func indexPrevious(s *Snapshot) previous {
+	p := previous{services: map[serviceKey]*Service{}, virtualServices: map[config.Key]*VirtualService{}, destinationRules: map[config.Key]*DestinationRule{}}
+	if s == nil {
+		return p
+	}
+	for _, svc := range s.Services {
+		p.services[serviceKey{svc.Source, svc.Hostname}] = svc
+	}
+	for _, vs := range s.VirtualServices {
+		p.virtualServices[vs.Key] = vs
+	}
+	for _, dr := range s.DestinationRules {
+		p.destinationRules[dr.Key] = dr
+	}
+	return p
 }
 
 func (b *builder) report(sev config.Severity, key config.Key, src config.Source, format string, args ...any) {
@@ -88,11 +133,13 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 	for _, we := range se.Endpoints {
 		eps = append(eps, endpoint(we, o.Namespace, o.Key))
 	}
+	var workloads []*networking.WorkloadEntry
 	if sel := se.WorkloadSelector.GetLabels(); len(sel) > 0 {
 		for _, w := range b.workloads[o.Namespace] {
 			we := w.Spec.(*networking.WorkloadEntry)
 			if LabelsMatch(sel, we.Labels) {
 				eps = append(eps, endpoint(we, w.Namespace, w.Key))
+				workloads = append(workloads, we)
 			}
 		}
 		if len(eps) == 0 {
@@ -104,9 +151,15 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 		b.report(config.SeverityWarning, o.Key, o.Source, "spec.resolution %s is not supported yet: only endpoints with IP addresses are served", se.Resolution)
 	}
 
+	inputs := serviceInputs{entry: se, workloads: workloads}
 	for _, h := range se.Hosts {
+		host := ResolveHost(h, o.Namespace)
+		if svc := b.prev.services[serviceKey{o.Key, host}]; svc != nil && svc.Location == o.Source && svc.inputs.same(inputs) {
+			b.snap.Services = append(b.snap.Services, svc)
+			continue
+		}
 		b.snap.Services = append(b.snap.Services, &Service{
-			Hostname:   ResolveHost(h, o.Namespace),
+			Hostname:   host,
 			Namespace:  o.Namespace,
 			Source:     o.Key,
 			Location:   o.Source,
@@ -115,6 +168,7 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 			Resolution: se.Resolution,
 			ExportTo:   visibility(se.ExportTo, o.Namespace),
 			Endpoints:  eps,
+			inputs:     inputs,
 		})
 	}
 }
@@ -130,6 +184,16 @@ func endpoint(we *networking.WorkloadEntry, ns string, src config.Key) *Endpoint
 		Namespace:      ns,
 		Source:         src,
 	}
+}
+
+// serviceInputs are the decoded objects a Service is made of.
+type serviceInputs struct {
+	entry     *networking.ServiceEntry
+	workloads []*networking.WorkloadEntry // selected, in name order
+}
+
+func (i serviceInputs) same(o serviceInputs) bool {
+	return i.entry == o.entry && slices.Equal(i.workloads, o.workloads)
 }
 
 // LabelsMatch reports whether every selector label is present with the same value.

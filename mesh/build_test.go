@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,5 +185,48 @@ spec:
 		if !strings.Contains(all, want) {
 			t.Errorf("missing diagnostic %q in:\n%s", want, all)
 		}
+	}
+}
+
+// BuildFrom keeps the model objects whose decoded inputs are the very same, and
+// makes new ones for what changed: a changed WorkloadEntry changes the services that
+// select it, not the others.
+func TestBuildFromReusesUnchangedObjects(t *testing.T) {
+	objs, diags := config.Decode("t.yaml", []byte(services+`---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+`))
+	if len(diags) > 0 {
+		t.Fatal(diags)
+	}
+	first := mesh.Build(1, objs)
+	same := mesh.BuildFrom(first, 2, objs)
+	if same.Services[0] != first.Services[0] || same.Services[1] != first.Services[1] || same.VirtualServices[0] != first.VirtualServices[0] {
+		t.Fatal("unchanged objects were rebuilt")
+	}
+	// Replace WorkloadEntry r1 with a new decoded copy: reviews is rebuilt, secret kept.
+	changed := slices.Clone(objs)
+	for i, o := range changed {
+		if o.Name == "r1" {
+			again, _ := config.Decode("t.yaml", []byte("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: r1, namespace: shop}\nspec: {address: 10.0.0.9, labels: {app: reviews}}\n"))
+			changed[i] = again[0]
+		}
+	}
+	next := mesh.BuildFrom(same, 3, changed)
+	reviews := func(s *mesh.Snapshot) *mesh.Service {
+		return s.ViewFor("shop").Service("reviews.shop.svc.cluster.local")
+	}
+	secret := func(s *mesh.Snapshot) *mesh.Service {
+		return s.ViewFor("shop").Service("secret.shop.svc.cluster.local")
+	}
+	if reviews(next) == reviews(same) || reviews(next).Endpoints[0].Address != "10.0.0.2" || reviews(next).Endpoints[1].Address != "10.0.0.9" {
+		t.Errorf("reviews not rebuilt from its changed WorkloadEntry: %+v", reviews(next).Endpoints)
+	}
+	if secret(next) != secret(same) || next.VirtualServices[0] != same.VirtualServices[0] {
+		t.Error("objects untouched by the change were rebuilt")
 	}
 }

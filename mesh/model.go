@@ -61,6 +61,8 @@ type Service struct {
 	ExportTo   Visibility
 	// Endpoints are sorted by address; inline endpoints and selected WorkloadEntries.
 	Endpoints []*Endpoint
+
+	inputs serviceInputs // what it was built from, to reuse it when they are unchanged
 }
 
 // Port returns the service's port with the given number.

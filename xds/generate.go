@@ -62,12 +62,22 @@ func asResources[T types.Resource](in []T) []types.Resource {
 // namespace. Server-side listeners of proxyless gRPC servers are produced on request
 // by ProxylessServerListener, since their names carry the listening address.
 func Generate(view *mesh.View, kind mesh.ProxyKind) *Resources {
-	g := generator{view: view, kind: kind}
+	res, _ := GenerateWith(view, kind, nil)
+	return res
+}
+
+// GenerateWith is Generate reusing the translations of the previous configuration
+// version recorded in prev (nil for none) where their inputs are unchanged. It
+// returns the Memo to pass to the next call for the same view.
+func GenerateWith(view *mesh.View, kind mesh.ProxyKind, prev *Memo) (*Resources, *Memo) {
+	g := generator{view: view, kind: kind, memo: prev.advance()}
 	res := &Resources{}
 	for _, svc := range view.Services {
 		for _, port := range svc.Ports {
-			res.Clusters = append(res.Clusters, g.clusters(svc, port)...)
-			res.Endpoints = append(res.Endpoints, g.endpoints(svc, port)...)
+			k := servicePort{svc, port.Number}
+			dr := []any{g.view.DestinationRuleFor(svc)}
+			res.Clusters = append(res.Clusters, g.memo.clusters.get(k, dr, func() []*cluster.Cluster { return g.clusters(svc, port) })...)
+			res.Endpoints = append(res.Endpoints, g.memo.endpoints.get(k, dr, func() []*endpoint.ClusterLoadAssignment { return g.endpoints(svc, port) })...)
 		}
 	}
 	switch kind {
@@ -81,12 +91,13 @@ func Generate(view *mesh.View, kind mesh.ProxyKind) *Resources {
 	sortByName(res.Routes, (*route.RouteConfiguration).GetName)
 	sortByName(res.Clusters, (*cluster.Cluster).GetName)
 	sortByName(res.Endpoints, (*endpoint.ClusterLoadAssignment).GetClusterName)
-	return res
+	return res, g.memo
 }
 
 type generator struct {
 	view *mesh.View
 	kind mesh.ProxyKind
+	memo *Memo
 }
 
 func sortByName[T any](s []T, name func(T) string) {

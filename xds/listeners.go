@@ -60,6 +60,14 @@ func rdsConnectionManager(statPrefix, routeName string) *hcm.HttpConnectionManag
 	}
 }
 
+// connectionManager packs an HTTP connection manager reading its routes over RDS; it
+// depends on nothing but its names, so the packed form is reused across versions.
+func (g *generator) connectionManager(statPrefix, routeName string) *anypb.Any {
+	return g.memo.managers.get(statPrefix+"\x00"+routeName, nil, func() *anypb.Any {
+		return mustAny(rdsConnectionManager(statPrefix, routeName))
+	})
+}
+
 // proxylessClientListeners returns an API listener and a route configuration per
 // HTTP service port, both named host:port: the name a gRPC client dialing
 // xds:///host:port asks for.
@@ -72,18 +80,23 @@ func (g *generator) proxylessClientListeners() ([]*listener.Listener, []*route.R
 				continue
 			}
 			name := hostPort(svc.Hostname, port.Number)
-			ls = append(ls, &listener.Listener{
-				Name:        name,
-				ApiListener: &listener.ApiListener{ApiListener: mustAny(rdsConnectionManager(name, name))},
-			})
-			rs = append(rs, &route.RouteConfiguration{
-				Name: name,
-				VirtualHosts: []*route.VirtualHost{{
-					Name:    name,
-					Domains: []string{svc.Hostname, name},
-					Routes:  g.routes(svc, port),
-				}},
-			})
+			ls = append(ls, g.memo.listeners.get(name, nil, func() *listener.Listener {
+				return &listener.Listener{
+					Name:        name,
+					ApiListener: &listener.ApiListener{ApiListener: g.connectionManager(name, name)},
+				}
+			}))
+			routes := g.routes(svc, port)
+			rs = append(rs, g.memo.routeConfigs.get(name, []any{routes}, func() *route.RouteConfiguration {
+				return &route.RouteConfiguration{
+					Name: name,
+					VirtualHosts: []*route.VirtualHost{{
+						Name:    name,
+						Domains: []string{svc.Hostname, name},
+						Routes:  routes.routes,
+					}},
+				}
+			}))
 		}
 	}
 	return ls, rs
@@ -189,19 +202,22 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 				Name:             name,
 				FilterChainMatch: &listener.FilterChainMatch{PrefixRanges: ranges},
 				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
-					TypedConfig: mustAny(rdsConnectionManager("outbound_"+name, name)),
+					TypedConfig: g.connectionManager("outbound_"+name, name),
 				}}},
 			})
-			rs = append(rs, &route.RouteConfiguration{
-				Name:             name,
-				ValidateClusters: wrapperspb.Bool(false),
-				VirtualHosts: []*route.VirtualHost{{
-					// The chain already chose the service: any Host header reaches it.
-					Name:    name,
-					Domains: []string{"*"},
-					Routes:  g.routes(svc, p),
-				}},
-			})
+			routes := g.routes(svc, p)
+			rs = append(rs, g.memo.routeConfigs.get(name, []any{routes}, func() *route.RouteConfiguration {
+				return &route.RouteConfiguration{
+					Name:             name,
+					ValidateClusters: wrapperspb.Bool(false),
+					VirtualHosts: []*route.VirtualHost{{
+						// The chain already chose the service: any Host header reaches it.
+						Name:    name,
+						Domains: []string{"*"},
+						Routes:  routes.routes,
+					}},
+				}
+			}))
 		}
 		for _, svc := range ps.tcp {
 			if ranges := addressRanges(svc.Addresses, claimed); len(ranges) > 0 {
@@ -213,7 +229,7 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
 				Name: "http",
 				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
-					TypedConfig: mustAny(rdsConnectionManager("outbound_0.0.0.0_"+portName, portName)),
+					TypedConfig: g.connectionManager("outbound_0.0.0.0_"+portName, portName),
 				}}},
 			})
 			rs = append(rs, g.sidecarRouteConfig(portName, n, byHost))
@@ -270,7 +286,7 @@ func (g *generator) sidecarRouteConfig(name string, port uint32, svcs []*mesh.Se
 		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
 			Name:    hostPort(svc.Hostname, port),
 			Domains: g.domains(svc.Hostname, port),
-			Routes:  g.routes(svc, p),
+			Routes:  g.routes(svc, p).routes,
 		})
 	}
 	rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{

@@ -15,10 +15,31 @@ import (
 // defaultRetryOn is Istio's retry_on when a VirtualService sets attempts without it.
 const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 
-// routes returns the routes of a service port: the VirtualService's HTTP routes that
-// apply to the port, in order, or a single default route to the service.
-func (g *generator) routes(svc *mesh.Service, port mesh.Port) []*route.Route {
+// routes returns the routes of a service port, from the memo when nothing they are
+// made of changed: the VirtualService, and the services and DestinationRules its
+// destinations resolve to.
+func (g *generator) routes(svc *mesh.Service, port mesh.Port) *routeSet {
 	vs := g.view.VirtualServiceFor(svc.Hostname)
+	fingerprint := []any{vs}
+	if vs != nil {
+		for _, hr := range vs.Spec.Http {
+			for _, d := range hr.Route {
+				dest := g.view.Service(mesh.ResolveHost(d.GetDestination().GetHost(), vs.Key.Namespace))
+				fingerprint = append(fingerprint, dest)
+				if dest != nil {
+					fingerprint = append(fingerprint, g.view.DestinationRuleFor(dest))
+				}
+			}
+		}
+	}
+	return g.memo.routes.get(servicePort{svc, port.Number}, fingerprint, func() *routeSet {
+		return &routeSet{g.translateRoutes(svc, port, vs)}
+	})
+}
+
+// translateRoutes makes the routes of a service port: the VirtualService's HTTP
+// routes that apply to the port, in order, or a single default route to the service.
+func (g *generator) translateRoutes(svc *mesh.Service, port mesh.Port, vs *mesh.VirtualService) []*route.Route {
 	if vs == nil {
 		return []*route.Route{defaultRoute(ClusterName(port.Number, "", svc.Hostname))}
 	}

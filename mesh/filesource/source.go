@@ -209,7 +209,7 @@ func (s *Source) reload(w *fsnotify.Watcher) (rescan bool, err error) {
 	changed := s.current.Load() == nil || !sameObjects(s.served, served)
 	s.served = served
 
-	snap := mesh.Build(s.version+1, served)
+	snap := mesh.BuildFrom(s.current.Load(), s.version+1, served)
 	snap.Diagnostics = append(append(snap.Diagnostics, diags...), kept...)
 	s.diagnostics.Store(&snap.Diagnostics)
 	s.metrics.loaded(served, snap.Diagnostics)

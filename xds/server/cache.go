@@ -121,6 +121,7 @@ type generated struct {
 	once  sync.Once
 	done  chan struct{} // closed when generation is complete
 	res   *xds.Resources
+	memo  *xds.Memo                    // for the next version's translation of the view
 	types map[string]map[string]*entry // type URL → name → entry
 
 	// changed lists, by type, the resources added, changed or removed since the
@@ -137,6 +138,7 @@ type entry struct {
 	name    string
 	version string
 	any     *anypb.Any
+	res     types.Resource // the message marshalled; a translator reusing it reuses the entry
 }
 
 // NewCache returns a cache that serves nothing until the first SetSnapshot.
@@ -207,11 +209,22 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 		if prev := st.prev.Load(); prev != nil {
 			pg = prev.finishedView(k)
 		}
-		g.res = xds.Generate(st.snap.ViewFor(k.namespace), k.kind)
+		var memo *xds.Memo
+		if pg != nil {
+			memo = pg.memo
+		}
+		g.res, g.memo = xds.GenerateWith(st.snap.ViewFor(k.namespace), k.kind, memo)
 		g.types = make(map[string]map[string]*entry, len(xds.TypeURLs))
 		for _, typeURL := range xds.TypeURLs {
 			m := map[string]*entry{}
 			for _, r := range g.res.ByType(typeURL) {
+				name := cache.GetResourceName(r)
+				if pg != nil {
+					if old := pg.types[typeURL][name]; old != nil && old.res == r {
+						m[name] = old // the same message, reused by the translator
+						continue
+					}
+				}
 				e, err := newEntry(typeURL, r)
 				if err == nil && (pg == nil || pg.types[typeURL][e.name] == nil || pg.types[typeURL][e.name].version != e.version) {
 					// Only what changed needs validating: the rest passed before.
@@ -309,6 +322,7 @@ func newEntry(typeURL string, r types.Resource) (*entry, error) {
 	}
 	sum := xxhash.Sum64(b)
 	return &entry{
+		res:     r,
 		name:    cache.GetResourceName(r),
 		version: hex.EncodeToString([]byte{byte(sum >> 56), byte(sum >> 48), byte(sum >> 40), byte(sum >> 32), byte(sum >> 24), byte(sum >> 16), byte(sum >> 8), byte(sum)}),
 		any:     &anypb.Any{TypeUrl: typeURL, Value: b},
