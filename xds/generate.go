@@ -62,8 +62,8 @@ func asResources[T types.Resource](in []T) []types.Resource {
 // namespace. Server-side listeners of proxyless gRPC servers are produced on request
 // by ProxylessServerListener, since their names carry the listening address.
 func Generate(view *mesh.View, kind mesh.ProxyKind) *Resources {
-	res, _ := GenerateWith(view, kind, nil)
-	return res
+	g := &generator{view: view, kind: kind, memo: noMemo()}
+	return g.generate()
 }
 
 // GenerateWith is Generate reusing the translations of the previous configuration
@@ -71,6 +71,11 @@ func Generate(view *mesh.View, kind mesh.ProxyKind) *Resources {
 // returns the Memo to pass to the next call for the same view.
 func GenerateWith(view *mesh.View, kind mesh.ProxyKind, prev *Memo) (*Resources, *Memo) {
 	g := generator{view: view, kind: kind, memo: prev.advance()}
+	return g.generate(), g.memo
+}
+
+func (g *generator) generate() *Resources {
+	view, kind := g.view, g.kind
 	res := &Resources{}
 	for _, svc := range view.Services {
 		for _, port := range svc.Ports {
@@ -91,7 +96,7 @@ func GenerateWith(view *mesh.View, kind mesh.ProxyKind, prev *Memo) (*Resources,
 	sortByName(res.Routes, (*route.RouteConfiguration).GetName)
 	sortByName(res.Clusters, (*cluster.Cluster).GetName)
 	sortByName(res.Endpoints, (*endpoint.ClusterLoadAssignment).GetClusterName)
-	return res, g.memo
+	return res
 }
 
 type generator struct {

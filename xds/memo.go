@@ -39,9 +39,11 @@ type servicePort struct {
 // routeSet is a service port's routes; its identity stands for them in fingerprints.
 type routeSet struct{ routes []*route.Route }
 
-// memoTable holds last version's entries and collects this version's.
+// memoTable holds last version's entries and collects this version's. A table that
+// is off (a one-off translation) neither looks up nor records.
 type memoTable[K comparable, V any] struct {
 	prev, next map[K]memoEntry[V]
+	off        bool
 }
 
 type memoEntry[V any] struct {
@@ -52,6 +54,9 @@ type memoEntry[V any] struct {
 // get returns the value for k: last version's if its fingerprint is the same, else a
 // new one from make.
 func (t *memoTable[K, V]) get(k K, fingerprint []any, make func() V) V {
+	if t.off {
+		return make()
+	}
 	if t.next == nil {
 		t.next = map[K]memoEntry[V]{}
 	}
@@ -62,6 +67,18 @@ func (t *memoTable[K, V]) get(k K, fingerprint []any, make func() V) V {
 	v := make()
 	t.next[k] = memoEntry[V]{fingerprint, v}
 	return v
+}
+
+// noMemo is the memo of a one-off translation: nothing is looked up or recorded.
+func noMemo() *Memo {
+	return &Memo{
+		routes:       memoTable[servicePort, *routeSet]{off: true},
+		clusters:     memoTable[servicePort, []*cluster.Cluster]{off: true},
+		endpoints:    memoTable[servicePort, []*endpoint.ClusterLoadAssignment]{off: true},
+		listeners:    memoTable[string, *listener.Listener]{off: true},
+		routeConfigs: memoTable[string, *route.RouteConfiguration]{off: true},
+		managers:     memoTable[string, *anypb.Any]{off: true},
+	}
 }
 
 // advance returns a Memo whose previous entries are m's current ones.
