@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -151,6 +152,12 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 		b.report(config.SeverityWarning, o.Key, o.Source, "spec.resolution %s is not supported yet: only endpoints with IP addresses are served", se.Resolution)
 	}
 
+	var addresses []netip.Prefix
+	for _, a := range se.Addresses {
+		if p, err := config.ParseAddress(a); err == nil { // validated when decoded
+			addresses = append(addresses, p)
+		}
+	}
 	inputs := serviceInputs{entry: se, workloads: workloads}
 	for _, h := range se.Hosts {
 		host := ResolveHost(h, o.Namespace)
@@ -164,7 +171,7 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 			Source:     o.Key,
 			Location:   o.Source,
 			Ports:      ports,
-			Addresses:  se.Addresses,
+			Addresses:  addresses,
 			Resolution: se.Resolution,
 			ExportTo:   visibility(se.ExportTo, o.Namespace),
 			Endpoints:  eps,
@@ -184,6 +191,14 @@ func endpoint(we *networking.WorkloadEntry, ns string, src config.Key) *Endpoint
 		Namespace:      ns,
 		Source:         src,
 	}
+}
+
+// addressString shows a single-address prefix as the address, as users write it.
+func addressString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // serviceInputs are the decoded objects a Service is made of.
@@ -219,7 +234,7 @@ func (b *builder) checkServices() {
 	// a port goes to the first service by host name.
 	type portAddress struct {
 		port    uint32
-		address string
+		address netip.Prefix
 	}
 	claimed := map[portAddress]*Service{}
 	for _, svc := range b.snap.Services {
@@ -229,7 +244,7 @@ func (b *builder) checkServices() {
 				if first := claimed[k]; first == nil {
 					claimed[k] = svc
 				} else if first.Source != svc.Source {
-					b.report(config.SeverityWarning, svc.Source, svc.Location, "address %s port %d is also claimed by %s (%s); sidecars send it to %s", a, p.Number, first.Hostname, first.Source, first.Hostname)
+					b.report(config.SeverityWarning, svc.Source, svc.Location, "address %s port %d is also claimed by %s (%s); sidecars send it to %s", addressString(a), p.Number, first.Hostname, first.Source, first.Hostname)
 				}
 			}
 		}

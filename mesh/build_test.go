@@ -230,3 +230,21 @@ spec:
 		t.Error("objects untouched by the change were rebuilt")
 	}
 }
+
+// An address written as an IP and as a one-address CIDR is the same address: sidecars
+// give it to one service, and the clash is reported.
+func TestAddressClaimedTwiceInTwoSpellings(t *testing.T) {
+	snap := build(t, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: shop}
+spec: {hosts: [a.example.com], addresses: [240.0.0.1], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: shop}
+spec: {hosts: [b.example.com], addresses: [240.0.0.1/32], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC}
+`)
+	if len(snap.Diagnostics) != 1 || !strings.Contains(snap.Diagnostics[0].String(), "address 240.0.0.1 port 80 is also claimed by a.example.com") {
+		t.Fatalf("diagnostics = %v", snap.Diagnostics)
+	}
+}

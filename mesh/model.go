@@ -6,6 +6,7 @@
 package mesh
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -56,7 +57,7 @@ type Service struct {
 	Source     config.Key // the ServiceEntry
 	Location   config.Source
 	Ports      []Port
-	Addresses  []string
+	Addresses  []netip.Prefix // VIPs, from IPs or CIDRs
 	Resolution networking.ServiceEntry_Resolution
 	ExportTo   Visibility
 	// Endpoints are sorted by address; inline endpoints and selected WorkloadEntries.

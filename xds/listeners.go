@@ -188,7 +188,7 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 		}
 		// Envoy rejects a listener whose filter chains match the same addresses: the
 		// first service (by host name) to claim an address keeps it.
-		claimed := map[string]bool{}
+		claimed := map[netip.Prefix]bool{}
 		var byHost []*mesh.Service
 		for _, svc := range ps.http {
 			ranges := addressRanges(svc.Addresses, claimed)
@@ -241,24 +241,15 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 	return ls, rs
 }
 
-// addressRanges turns service addresses (IPs or CIDRs) into filter chain ranges,
+// addressRanges turns service addresses into filter chain ranges,
 // leaving out those already claimed on the listener and claiming the rest.
-func addressRanges(addresses []string, claimed map[string]bool) []*core.CidrRange {
+func addressRanges(addresses []netip.Prefix, claimed map[netip.Prefix]bool) []*core.CidrRange {
 	var ranges []*core.CidrRange
-	for _, a := range addresses {
-		pfx, err := netip.ParsePrefix(a)
-		if err != nil {
-			ip, err := netip.ParseAddr(a)
-			if err != nil {
-				continue
-			}
-			pfx = netip.PrefixFrom(ip, ip.BitLen())
-		}
-		pfx = pfx.Masked()
-		if claimed[pfx.String()] {
+	for _, pfx := range addresses {
+		if claimed[pfx] {
 			continue
 		}
-		claimed[pfx.String()] = true
+		claimed[pfx] = true
 		ranges = append(ranges, &core.CidrRange{AddressPrefix: pfx.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(pfx.Bits()))})
 	}
 	return ranges

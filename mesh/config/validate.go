@@ -76,6 +76,19 @@ func (v *validator) host(field, h string) {
 	}
 }
 
+// ParseAddress reads a ServiceEntry address, an IP address or a CIDR, as the prefix
+// it covers (an IP address covers itself alone).
+func ParseAddress(a string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(a); err == nil {
+		return p.Masked(), nil
+	}
+	ip, err := netip.ParseAddr(a)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", a)
+	}
+	return netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
 func (v *validator) port(field string, n uint32) {
 	if n == 0 || n > 65535 {
 		v.errorf(field, "port %d is out of range 1-65535", n)
@@ -100,10 +113,8 @@ func (v *validator) serviceEntry(s *networking.ServiceEntry) {
 		v.host(fmt.Sprintf("spec.hosts[%d]", i), h)
 	}
 	for i, a := range s.Addresses {
-		if _, err := netip.ParsePrefix(a); err != nil {
-			if _, err := netip.ParseAddr(a); err != nil {
-				v.errorf(fmt.Sprintf("spec.addresses[%d]", i), "%q is not an IP address or CIDR", a)
-			}
+		if _, err := ParseAddress(a); err != nil {
+			v.errorf(fmt.Sprintf("spec.addresses[%d]", i), "%v", err)
 		}
 	}
 	if len(s.Ports) == 0 {
