@@ -102,11 +102,18 @@ func (g *generator) proxylessClientListeners() ([]*listener.Listener, []*route.R
 	return ls, rs
 }
 
+// serverListenerPrefix starts the name of every proxyless server listener.
+var serverListenerPrefix = strings.TrimSuffix(ServerListenerTemplate, "%s")
+
+// IsServerListener reports whether a listener name is one a proxyless gRPC server
+// asks for (see ProxylessServerListener).
+func IsServerListener(name string) bool { return strings.HasPrefix(name, serverListenerPrefix) }
+
 // ProxylessServerListener returns the listener a proxyless gRPC server asks for by
 // name (ServerListenerTemplate with its listening address). The name must carry an
 // IP:PORT address.
 func ProxylessServerListener(name string) (*listener.Listener, error) {
-	addr, ok := strings.CutPrefix(name, strings.TrimSuffix(ServerListenerTemplate, "%s"))
+	addr, ok := strings.CutPrefix(name, serverListenerPrefix)
 	if !ok {
 		return nil, fmt.Errorf("listener %q is not a gRPC server listener", name)
 	}

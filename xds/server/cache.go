@@ -12,9 +12,9 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -324,7 +324,7 @@ func newEntry(typeURL string, r types.Resource) (*entry, error) {
 	return &entry{
 		res:     r,
 		name:    cache.GetResourceName(r),
-		version: hex.EncodeToString([]byte{byte(sum >> 56), byte(sum >> 48), byte(sum >> 40), byte(sum >> 32), byte(sum >> 24), byte(sum >> 16), byte(sum >> 8), byte(sum)}),
+		version: hashVersion(sum),
 		any:     &anypb.Any{TypeUrl: typeURL, Value: b},
 	}, nil
 }
@@ -335,7 +335,7 @@ func (g *generated) lookup(typeURL, name string, kind mesh.ProxyKind) *entry {
 	if e := g.types[typeURL][name]; e != nil {
 		return e
 	}
-	if typeURL != resource.ListenerType || kind != mesh.KindProxyless || !strings.HasPrefix(name, "grpc/server?") {
+	if typeURL != resource.ListenerType || kind != mesh.KindProxyless || !xds.IsServerListener(name) {
 		return nil
 	}
 	g.serverMu.Lock()
@@ -516,6 +516,11 @@ func (c *Cache) answerSotw(g *generated, w *watch) bool {
 	return true
 }
 
+// hashVersion spells a content hash as a version: 16 hex digits.
+func hashVersion(sum uint64) string {
+	return hex.EncodeToString(binary.BigEndian.AppendUint64(nil, sum))
+}
+
 // lastSentVersion is the version of the last SotW response on the stream: every
 // resource of a SotW response is recorded with the response's version.
 func lastSentVersion(sub cache.Subscription) string {
@@ -541,7 +546,7 @@ func sotwVersion(entries []*entry, sub cache.Subscription) string {
 			_, _ = h.WriteString(n)
 		}
 	}
-	return fmt.Sprintf("%016x", h.Sum64())
+	return hashVersion(h.Sum64())
 }
 
 // deltaBaseKey is the entry of a delta stream's returned-resources map that names the
