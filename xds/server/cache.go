@@ -205,43 +205,57 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 	g.once.Do(func() {
 		defer close(g.done)
 		timer := c.metrics.startTranslation()
-		var pg *generated
-		if prev := st.prev.Load(); prev != nil {
-			pg = prev.finishedView(k)
-		}
+		var pg *generated // the previous version's translation, if made
 		var memo *xds.Memo
-		if pg != nil {
-			memo = pg.memo
+		if prev := st.prev.Load(); prev != nil {
+			if pg = prev.finishedView(k); pg != nil {
+				memo = pg.memo
+				g.changed = map[string]map[string]struct{}{}
+			}
 		}
 		g.res, g.memo = xds.GenerateWith(st.snap.ViewFor(k.namespace), k.kind, memo)
 		g.types = make(map[string]map[string]*entry, len(xds.TypeURLs))
 		for _, typeURL := range xds.TypeURLs {
 			m := map[string]*entry{}
+			var was map[string]*entry
+			if pg != nil {
+				was = pg.types[typeURL]
+			}
+			changed := map[string]struct{}{}
 			for _, r := range g.res.ByType(typeURL) {
 				name := cache.GetResourceName(r)
-				if pg != nil {
-					if old := pg.types[typeURL][name]; old != nil && old.res == r {
-						m[name] = old // the same message, reused by the translator
-						continue
-					}
+				old := was[name]
+				if old != nil && old.res == r {
+					m[name] = old // the same message, reused by the translator
+					continue
 				}
-				e, err := newEntry(typeURL, r)
-				if err == nil && (pg == nil || pg.types[typeURL][e.name] == nil || pg.types[typeURL][e.name].version != e.version) {
-					// Only what changed needs validating: the rest passed before.
-					err = xds.Validate(r)
+				e, err := newEntry(typeURL, name, r)
+				isNew := err == nil && (old == nil || old.version != e.version)
+				if isNew {
+					err = xds.Validate(r) // what did not change passed before
 				}
 				if err != nil {
 					// A translator bug must cost one resource, not the proxy's config.
-					c.log.Error("dropping invalid generated resource", "type", typeURL, "name", cache.GetResourceName(r), "error", err)
+					c.log.Error("dropping invalid generated resource", "type", typeURL, "name", name, "error", err)
 					c.metrics.invalidResource(typeURL)
 					continue
 				}
-				m[e.name] = e
+				if isNew {
+					changed[name] = struct{}{}
+				}
+				m[name] = e
 			}
 			g.types[typeURL] = m
+			if g.changed != nil {
+				for name := range was {
+					if m[name] == nil {
+						changed[name] = struct{}{} // removed
+					}
+				}
+				g.changed[typeURL] = changed
+			}
 		}
-		if pg != nil {
-			g.changed = changedEntries(pg.types, g.types)
+		if g.changed != nil {
 			c.recordChanges(k, st.seq, g.changed)
 		}
 		timer.done()
@@ -263,27 +277,6 @@ func (st *state) finishedView(k viewKey) *generated {
 	default:
 		return nil
 	}
-}
-
-// changedEntries lists, by type, the names whose entry was added, changed or removed.
-func changedEntries(before, after map[string]map[string]*entry) map[string]map[string]struct{} {
-	out := map[string]map[string]struct{}{}
-	for typeURL, now := range after {
-		was := before[typeURL]
-		changed := map[string]struct{}{}
-		for name, e := range now {
-			if old := was[name]; old == nil || old.version != e.version {
-				changed[name] = struct{}{}
-			}
-		}
-		for name := range was {
-			if now[name] == nil {
-				changed[name] = struct{}{}
-			}
-		}
-		out[typeURL] = changed
-	}
-	return out
 }
 
 // touches reports whether a change since the previous state may concern a
@@ -315,7 +308,7 @@ func (g *generated) touches(typeURL string, sub cache.Subscription) bool {
 
 var marshalOptions = proto.MarshalOptions{Deterministic: true}
 
-func newEntry(typeURL string, r types.Resource) (*entry, error) {
+func newEntry(typeURL, name string, r types.Resource) (*entry, error) {
 	b, err := marshalOptions.Marshal(r)
 	if err != nil {
 		return nil, err
@@ -323,7 +316,7 @@ func newEntry(typeURL string, r types.Resource) (*entry, error) {
 	sum := xxhash.Sum64(b)
 	return &entry{
 		res:     r,
-		name:    cache.GetResourceName(r),
+		name:    name,
 		version: hashVersion(sum),
 		any:     &anypb.Any{TypeUrl: typeURL, Value: b},
 	}, nil
@@ -345,7 +338,7 @@ func (g *generated) lookup(typeURL, name string, kind mesh.ProxyKind) *entry {
 	}
 	var e *entry
 	if l, err := xds.ProxylessServerListener(name); err == nil {
-		e, _ = newEntry(typeURL, l)
+		e, _ = newEntry(typeURL, name, l)
 	}
 	g.serverListeners[name] = e // nil is remembered too: a bad name stays bad
 	return e
