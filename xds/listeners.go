@@ -86,17 +86,7 @@ func (g *generator) proxylessClientListeners() ([]*listener.Listener, []*route.R
 					ApiListener: &listener.ApiListener{ApiListener: g.connectionManager(name, name)},
 				}
 			}))
-			routes := g.routes(svc, port)
-			rs = append(rs, g.memo.routeConfigs.get(name, []any{routes}, func() *route.RouteConfiguration {
-				return &route.RouteConfiguration{
-					Name: name,
-					VirtualHosts: []*route.VirtualHost{{
-						Name:    name,
-						Domains: []string{svc.Hostname, name},
-						Routes:  routes.routes,
-					}},
-				}
-			}))
+			rs = append(rs, g.serviceRouteConfig(name, []string{svc.Hostname, name}, g.routes(svc, port)))
 		}
 	}
 	return ls, rs
@@ -137,12 +127,9 @@ func ProxylessServerListener(name string) (*listener.Listener, error) {
 		HttpFilters: []*hcm.HttpFilter{routerFilter()},
 	}
 	return &listener.Listener{
-		Name:    name,
-		Address: socketAddress(ap.Addr().String(), uint32(ap.Port())),
-		FilterChains: []*listener.FilterChain{{
-			Name:    "inbound|" + addr,
-			Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(cm)}}},
-		}},
+		Name:             name,
+		Address:          socketAddress(ap.Addr().String(), uint32(ap.Port())),
+		FilterChains:     []*listener.FilterChain{filterChain("inbound|"+addr, nil, hcmFilterName, mustAny(cm))},
 		TrafficDirection: core.TrafficDirection_INBOUND,
 	}, nil
 }
@@ -205,40 +192,18 @@ func (g *generator) sidecarOutbound() ([]*listener.Listener, []*route.RouteConfi
 			}
 			p, _ := svc.Port(n)
 			name := hostPort(svc.Hostname, n)
-			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
-				Name:             name,
-				FilterChainMatch: &listener.FilterChainMatch{PrefixRanges: ranges},
-				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
-					TypedConfig: g.connectionManager("outbound_"+name, name),
-				}}},
-			})
-			routes := g.routes(svc, p)
-			rs = append(rs, g.memo.routeConfigs.get(name, []any{routes}, func() *route.RouteConfiguration {
-				return &route.RouteConfiguration{
-					Name:             name,
-					ValidateClusters: wrapperspb.Bool(false),
-					VirtualHosts: []*route.VirtualHost{{
-						// The chain already chose the service: any Host header reaches it.
-						Name:    name,
-						Domains: []string{"*"},
-						Routes:  routes.routes,
-					}},
-				}
-			}))
+			l.FilterChains = append(l.FilterChains, filterChain(name, ranges, hcmFilterName, g.connectionManager("outbound_"+name, name)))
+			// The chain already chose the service: any Host header reaches it.
+			rs = append(rs, g.serviceRouteConfig(name, []string{"*"}, g.routes(svc, p)))
 		}
 		for _, svc := range ps.tcp {
 			if ranges := addressRanges(svc.Addresses, claimed); len(ranges) > 0 {
-				l.FilterChains = append(l.FilterChains, tcpFilterChain(svc, n, ranges))
+				l.FilterChains = append(l.FilterChains, tcpProxyChain(ClusterName(n, "", svc.Hostname), ranges))
 			}
 			// A TCP service without an address cannot share a port: it is left out.
 		}
 		if len(ps.http) > 0 {
-			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
-				Name: "http",
-				Filters: []*listener.Filter{{Name: hcmFilterName, ConfigType: &listener.Filter_TypedConfig{
-					TypedConfig: g.connectionManager("outbound_0.0.0.0_"+portName, portName),
-				}}},
-			})
+			l.FilterChains = append(l.FilterChains, filterChain("http", nil, hcmFilterName, g.connectionManager("outbound_0.0.0.0_"+portName, portName)))
 			rs = append(rs, g.sidecarRouteConfig(portName, n, byHost))
 		}
 		if len(l.FilterChains) > 0 {
@@ -262,16 +227,40 @@ func addressRanges(addresses []netip.Prefix, claimed map[netip.Prefix]bool) []*c
 	return ranges
 }
 
-func tcpFilterChain(svc *mesh.Service, port uint32, ranges []*core.CidrRange) *listener.FilterChain {
-	cluster := ClusterName(port, "", svc.Hostname)
-	return &listener.FilterChain{
-		Name:             cluster,
-		FilterChainMatch: &listener.FilterChainMatch{PrefixRanges: ranges},
-		Filters: []*listener.Filter{{Name: tcpProxyFilterName, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
-			StatPrefix:       cluster,
-			ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
-		})}}},
+// filterChain is a chain with one network filter, matching destination addresses in
+// ranges (none: the listener's default chain).
+func filterChain(name string, ranges []*core.CidrRange, filter string, config *anypb.Any) *listener.FilterChain {
+	fc := &listener.FilterChain{
+		Name:    name,
+		Filters: []*listener.Filter{{Name: filter, ConfigType: &listener.Filter_TypedConfig{TypedConfig: config}}},
 	}
+	if len(ranges) > 0 {
+		fc.FilterChainMatch = &listener.FilterChainMatch{PrefixRanges: ranges}
+	}
+	return fc
+}
+
+// tcpProxyChain forwards connections to addresses in ranges to a cluster.
+func tcpProxyChain(cluster string, ranges []*core.CidrRange) *listener.FilterChain {
+	return filterChain(cluster, ranges, tcpProxyFilterName, mustAny(&tcpproxy.TcpProxy{
+		StatPrefix:       cluster,
+		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: cluster},
+	}))
+}
+
+// serviceRouteConfig is the route configuration of one service port: one virtual
+// host, named like the configuration, reached by domains.
+func (g *generator) serviceRouteConfig(name string, domains []string, routes *routeSet) *route.RouteConfiguration {
+	return g.memo.routeConfigs.get(name, []any{routes}, func() *route.RouteConfiguration {
+		rc := &route.RouteConfiguration{
+			Name:         name,
+			VirtualHosts: []*route.VirtualHost{{Name: name, Domains: domains, Routes: routes.routes}},
+		}
+		if g.kind != mesh.KindProxyless {
+			rc.ValidateClusters = wrapperspb.Bool(false)
+		}
+		return rc
+	})
 }
 
 // sidecarRouteConfig has a virtual host per service on the port, reachable by its
@@ -333,12 +322,6 @@ func virtualOutboundListener() *listener.Listener {
 			Name:       origDstFilterName,
 			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&origdst.OriginalDst{})},
 		}},
-		FilterChains: []*listener.FilterChain{{
-			Name: PassthroughClusterName,
-			Filters: []*listener.Filter{{Name: tcpProxyFilterName, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxy.TcpProxy{
-				StatPrefix:       PassthroughClusterName,
-				ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: PassthroughClusterName},
-			})}}},
-		}},
+		FilterChains: []*listener.FilterChain{tcpProxyChain(PassthroughClusterName, nil)},
 	}
 }
