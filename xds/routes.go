@@ -24,7 +24,7 @@ func (g *generator) routes(svc *mesh.Service, port mesh.Port) *routeSet {
 	if vs != nil {
 		for _, hr := range vs.Spec.Http {
 			for _, d := range hr.Route {
-				dest := g.view.Service(mesh.ResolveHost(d.GetDestination().GetHost(), vs.Key.Namespace))
+				dest := g.destinationService(vs, d.GetDestination())
 				fingerprint = append(fingerprint, dest)
 				if dest != nil {
 					fingerprint = append(fingerprint, g.view.DestinationRuleFor(dest))
@@ -213,10 +213,16 @@ func (g *generator) routeAction(vs *mesh.VirtualService, hr *networking.HTTPRout
 	return a
 }
 
+// destinationService is the service a VirtualService's destination names, or nil;
+// short host names are relative to the VirtualService's namespace.
+func (g *generator) destinationService(vs *mesh.VirtualService, d *networking.Destination) *mesh.Service {
+	return g.view.Service(mesh.ResolveHost(d.GetHost(), vs.Key.Namespace))
+}
+
 // destinationCluster resolves a destination to a cluster name, or reports false when
 // its host, port or subset is unknown or invisible to this view.
 func (g *generator) destinationCluster(vs *mesh.VirtualService, d *networking.Destination, port mesh.Port) (string, bool) {
-	svc := g.view.Service(mesh.ResolveHost(d.GetHost(), vs.Key.Namespace))
+	svc := g.destinationService(vs, d)
 	if svc == nil {
 		return "", false
 	}
