@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 
 	"github.com/palisade-mesh/palisade/mesh/config"
 )
@@ -35,6 +36,7 @@ func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 			b.workloads[o.Namespace] = append(b.workloads[o.Namespace], o)
 		}
 	}
+	var peerAuthentications []*PeerAuthentication
 	for _, o := range objs {
 		switch spec := o.Spec.(type) {
 		case *networking.ServiceEntry:
@@ -49,6 +51,12 @@ func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 				}
 			}
 			b.snap.VirtualServices = append(b.snap.VirtualServices, vs)
+		case *security.PeerAuthentication:
+			pa := b.prev.peerAuthentications[o.Key]
+			if pa == nil || pa.Spec != spec || pa.Source != o.Source {
+				pa = newPeerAuthentication(o, spec)
+			}
+			peerAuthentications = append(peerAuthentications, pa)
 		case *networking.DestinationRule:
 			dr := b.prev.destinationRules[o.Key]
 			if dr == nil || dr.Spec != spec || dr.Source != o.Source {
@@ -64,6 +72,7 @@ func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 	slices.SortFunc(b.snap.Services, func(a, c *Service) int {
 		return cmp.Or(cmp.Compare(a.Hostname, c.Hostname), cmp.Compare(a.Namespace, c.Namespace))
 	})
+	b.snap.PeerAuthentications = b.indexPeerAuthentications(peerAuthentications)
 	b.checkServices()
 	b.checkDestinationRules()
 	b.checkVirtualServices()
@@ -78,9 +87,10 @@ type builder struct {
 
 // previous indexes the objects of the snapshot before, for reuse.
 type previous struct {
-	services         map[serviceKey]*Service
-	virtualServices  map[config.Key]*VirtualService
-	destinationRules map[config.Key]*DestinationRule
+	services            map[serviceKey]*Service
+	virtualServices     map[config.Key]*VirtualService
+	destinationRules    map[config.Key]*DestinationRule
+	peerAuthentications map[config.Key]*PeerAuthentication
 }
 
 type serviceKey struct {
@@ -89,9 +99,15 @@ type serviceKey struct {
 }
 
 func indexPrevious(s *Snapshot) previous {
-	p := previous{services: map[serviceKey]*Service{}, virtualServices: map[config.Key]*VirtualService{}, destinationRules: map[config.Key]*DestinationRule{}}
+	p := previous{
+		services: map[serviceKey]*Service{}, virtualServices: map[config.Key]*VirtualService{},
+		destinationRules: map[config.Key]*DestinationRule{}, peerAuthentications: map[config.Key]*PeerAuthentication{},
+	}
 	if s == nil {
 		return p
+	}
+	for _, pa := range s.PeerAuthentications.All() {
+		p.peerAuthentications[pa.Key] = pa
 	}
 	for _, svc := range s.Services {
 		p.services[serviceKey{svc.Source, svc.Hostname}] = svc
@@ -166,16 +182,18 @@ func (b *builder) serviceEntry(o config.Object, se *networking.ServiceEntry) {
 			continue
 		}
 		b.snap.Services = append(b.snap.Services, &Service{
-			Hostname:   host,
-			Namespace:  o.Namespace,
-			Source:     o.Key,
-			Location:   o.Source,
-			Ports:      ports,
-			Addresses:  addresses,
-			Resolution: se.Resolution,
-			ExportTo:   visibility(se.ExportTo, o.Namespace),
-			Endpoints:  eps,
-			inputs:     inputs,
+			Hostname:        host,
+			Namespace:       o.Namespace,
+			Source:          o.Key,
+			Location:        o.Source,
+			Ports:           ports,
+			Addresses:       addresses,
+			Resolution:      se.Resolution,
+			ExportTo:        visibility(se.ExportTo, o.Namespace),
+			MeshExternal:    se.Location == networking.ServiceEntry_MESH_EXTERNAL,
+			SubjectAltNames: se.SubjectAltNames,
+			Endpoints:       eps,
+			inputs:          inputs,
 		})
 	}
 }
@@ -249,6 +267,21 @@ func (b *builder) checkServices() {
 			}
 		}
 	}
+	// Istio's trap: auto mTLS never applies to a MESH_EXTERNAL service (the default
+	// location), even to endpoints that say they take part in mesh mTLS.
+	external := map[config.Key]bool{}
+	for _, svc := range b.snap.Services {
+		if !svc.MeshExternal || external[svc.Source] {
+			continue
+		}
+		for _, ep := range svc.Endpoints {
+			if ep.Labels[TLSModeLabel] == TLSModeIstio {
+				external[svc.Source] = true
+				b.report(config.SeverityWarning, svc.Source, svc.Location, "endpoint %s is labelled %s=%s but the service's location is MESH_EXTERNAL (the default): clients do not use mutual TLS towards it unless a DestinationRule says ISTIO_MUTUAL (set spec.location: MESH_INTERNAL for auto mTLS)", ep.Address, TLSModeLabel, TLSModeIstio)
+				break
+			}
+		}
+	}
 	for i := 1; i < len(b.snap.Services); i++ {
 		prev, cur := b.snap.Services[i-1], b.snap.Services[i]
 		if prev.Hostname == cur.Hostname && prev.Namespace == cur.Namespace && prev.Source != cur.Source {
@@ -260,6 +293,9 @@ func (b *builder) checkServices() {
 func (b *builder) checkDestinationRules() {
 	seen := map[string]config.Key{}
 	for _, dr := range b.snap.DestinationRules {
+		for _, field := range unsupportedTLS(dr.Spec) {
+			b.report(config.SeverityWarning, dr.Key, dr.Source, "%s: only ISTIO_MUTUAL and DISABLE are supported yet (no certificates from files or secrets); ignored, so auto mTLS applies", field)
+		}
 		if b.service(dr.Host) == nil && !strings.Contains(dr.Host, "*") {
 			b.report(config.SeverityWarning, dr.Key, dr.Source, "spec.host: no service %s is known", dr.Host)
 		}
@@ -357,4 +393,28 @@ func (b *builder) checkDestination(vs *VirtualService, field string, d *networki
 // generated config nondeterministic.
 func SortedKeys[M ~map[string]V, V any](m M) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// unsupportedTLS names the TLS settings of a DestinationRule with a mode Palisade
+// does not implement (SIMPLE and MUTUAL need the user's certificates).
+func unsupportedTLS(dr *networking.DestinationRule) []string {
+	var out []string
+	check := func(field string, tp *networking.TrafficPolicy) {
+		if tp == nil {
+			return
+		}
+		if m := tp.GetTls().GetMode(); m == networking.ClientTLSSettings_SIMPLE || m == networking.ClientTLSSettings_MUTUAL {
+			out = append(out, fmt.Sprintf("%s.tls.mode %s", field, m))
+		}
+		for i, pl := range tp.PortLevelSettings {
+			if m := pl.GetTls().GetMode(); m == networking.ClientTLSSettings_SIMPLE || m == networking.ClientTLSSettings_MUTUAL {
+				out = append(out, fmt.Sprintf("%s.portLevelSettings[%d].tls.mode %s", field, i, m))
+			}
+		}
+	}
+	check("spec.trafficPolicy", dr.TrafficPolicy)
+	for i, ss := range dr.Subsets {
+		check(fmt.Sprintf("spec.subsets[%d].trafficPolicy", i), ss.GetTrafficPolicy())
+	}
+	return out
 }

@@ -25,6 +25,9 @@ type Snapshot struct {
 	// order in which Istio's "first one wins" rules are applied.
 	VirtualServices  []*VirtualService
 	DestinationRules []*DestinationRule
+	// PeerAuthentications holds the PeerAuthentication policies, indexed for
+	// resolution (see ForWorkload); nil means none.
+	PeerAuthentications *PeerAuthentications
 	// Diagnostics lists every problem found while reading and linking the objects.
 	Diagnostics []config.Diagnostic
 }
@@ -60,6 +63,13 @@ type Service struct {
 	Addresses  []netip.Prefix // VIPs, from IPs or CIDRs
 	Resolution networking.ServiceEntry_Resolution
 	ExportTo   Visibility
+	// MeshExternal is true for a ServiceEntry of location MESH_EXTERNAL (the
+	// default): clients never use mutual TLS towards it unless a DestinationRule
+	// says ISTIO_MUTUAL, as in Istio.
+	MeshExternal bool
+	// SubjectAltNames are the ServiceEntry's subjectAltNames: identities its
+	// endpoints may present, besides those of their service accounts.
+	SubjectAltNames []string
 	// Endpoints are sorted by address; inline endpoints and selected WorkloadEntries.
 	Endpoints []*Endpoint
 

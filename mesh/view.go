@@ -40,6 +40,9 @@ type View struct {
 	// VirtualServices visible and bound to the mesh (sidecars and proxyless clients),
 	// in precedence order.
 	VirtualServices []*VirtualService
+	// PeerAuthentications are the snapshot's (every namespace's: a destination's
+	// policies decide how to connect to it).
+	PeerAuthentications *PeerAuthentications
 
 	// Indexes, so that a lookup does not scan every rule: exact hosts by name,
 	// wildcard hosts in precedence order.
@@ -58,7 +61,7 @@ type hostRule[T any] struct {
 
 // ViewFor computes the view of namespace ns.
 func (s *Snapshot) ViewFor(ns string) *View {
-	v := &View{Namespace: ns}
+	v := &View{Namespace: ns, PeerAuthentications: s.PeerAuthentications}
 	for _, svc := range s.Services {
 		if !svc.ExportTo.VisibleTo(ns) && svc.Namespace != ns {
 			continue

@@ -25,7 +25,7 @@ func BenchmarkGenerate(b *testing.B) {
 			b.Run(fmt.Sprintf("services=%d/%s", n, kind), func(b *testing.B) {
 				b.ReportAllocs()
 				for b.Loop() {
-					res := xds.Generate(snap.ViewFor("default"), kind)
+					res := xds.Generate(snap.ViewFor("default"), xds.Target{Kind: kind}, xds.Options{})
 					if len(res.Clusters) < 3*n {
 						b.Fatalf("%d clusters for %d services", len(res.Clusters), n)
 					}
@@ -40,7 +40,7 @@ func BenchmarkGenerate(b *testing.B) {
 // changed ones after.
 func BenchmarkValidate(b *testing.B) {
 	objs, _ := config.Decode("mesh.yaml", []byte(meshgen.Mesh(1000)))
-	res := xds.Generate(mesh.Build(1, objs).ViewFor("default"), mesh.KindSidecar)
+	res := xds.Generate(mesh.Build(1, objs).ViewFor("default"), xds.Target{Kind: mesh.KindSidecar}, xds.Options{})
 	for b.Loop() {
 		if err := xds.ValidateResources(res); err != nil {
 			b.Fatal(err)

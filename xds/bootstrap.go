@@ -6,8 +6,10 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -44,7 +46,37 @@ type BootstrapOptions struct {
 	ServiceAccount string
 	Labels         map[string]string
 	InstanceIPs    []string
+
+	// SDSSocket is the Unix socket of the agent's SDS server, from which an Envoy
+	// sidecar gets its certificates (the bootstrap's sds-grpc cluster); "" means
+	// DefaultSDSSocket. Envoy only.
+	SDSSocket string
+	// CertDir is the directory where the agent writes a proxyless gRPC
+	// application's certificate files (CertChainFile, KeyFile, RootCertFile). When
+	// set, the gRPC bootstrap gets the certificate provider instance "default"
+	// (grpc's file_watcher plugin) that mutual TLS configuration refers to; without
+	// it, a gRPC application rejects configuration that asks for mutual TLS. gRPC
+	// only.
+	CertDir string
+	// CertRefresh is how often gRPC rereads the certificate files; 0 means
+	// DefaultCertRefresh.
+	CertRefresh time.Duration
 }
+
+// DefaultSDSSocket is where palisade-agent serves SDS (and the SPIFFE Workload API).
+const DefaultSDSSocket = "/var/run/palisade/agent.sock"
+
+// The certificate files palisade-agent writes for proxyless gRPC applications, in
+// BootstrapOptions.CertDir.
+const (
+	CertChainFile = "cert-chain.pem"
+	KeyFile       = "key.pem"
+	RootCertFile  = "root-cert.pem"
+)
+
+// DefaultCertRefresh is how often gRPC rereads certificate files by default: the
+// agent rotates certificates well before they expire.
+const DefaultCertRefresh = 5 * time.Minute
 
 // nodeMetadata is the metadata both bootstrap kinds carry.
 func (o BootstrapOptions) nodeMetadata(kind mesh.ProxyKind) map[string]any {
@@ -96,6 +128,24 @@ func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 		},
 		"server_listener_resource_name_template": fmt.Sprintf(ServerListenerTemplate, "%s"),
 	}
+	if o.CertDir != "" {
+		refresh := o.CertRefresh
+		if refresh <= 0 {
+			refresh = DefaultCertRefresh
+		}
+		b["certificate_providers"] = map[string]any{
+			CertProviderInstance: map[string]any{
+				"plugin_name": "file_watcher",
+				"config": map[string]any{
+					"certificate_file":    filepath.Join(o.CertDir, CertChainFile),
+					"private_key_file":    filepath.Join(o.CertDir, KeyFile),
+					"ca_certificate_file": filepath.Join(o.CertDir, RootCertFile),
+					// A google.protobuf.Duration in JSON, as the plugin reads it.
+					"refresh_interval": strconv.FormatFloat(refresh.Seconds(), 'f', -1, 64) + "s",
+				},
+			},
+		}
+	}
 	return json.MarshalIndent(b, "", "  ")
 }
 
@@ -103,7 +153,9 @@ func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 const XDSClusterName = "xds-grpc"
 
 // EnvoyBootstrap returns the bootstrap of an Envoy sidecar: its node identity, an
-// admin endpoint on localhost, and ADS (delta when delta is true) from palisaded.
+// admin endpoint on localhost, ADS (delta when delta is true) from palisaded, and
+// the sds-grpc cluster through which the generated TLS configuration gets the
+// workload's certificates from the agent (BootstrapOptions.SDSSocket).
 func EnvoyBootstrap(o BootstrapOptions, adminPort uint32, delta bool) (*bootstrap.Bootstrap, error) {
 	if err := o.check(); err != nil {
 		return nil, err
@@ -140,10 +192,28 @@ func EnvoyBootstrap(o BootstrapOptions, adminPort uint32, delta bool) (*bootstra
 		},
 		TypedExtensionProtocolOptions: http2ProtocolOptions(),
 	}
+	sdsSocket := o.SDSSocket
+	if sdsSocket == "" {
+		sdsSocket = DefaultSDSSocket
+	}
+	sdsCluster := &cluster.Cluster{
+		Name:                 SDSClusterName,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
+		LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: SDSClusterName,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{
+					Address: &core.Address_Pipe{Pipe: &core.Pipe{Path: sdsSocket}},
+				}}},
+			}}}},
+		},
+		TypedExtensionProtocolOptions: http2ProtocolOptions(),
+	}
 	return &bootstrap.Bootstrap{
 		Node:            &core.Node{Id: o.NodeID, Cluster: o.Namespace, Metadata: md},
 		Admin:           &bootstrap.Admin{Address: socketAddress("127.0.0.1", adminPort)},
-		StaticResources: &bootstrap.Bootstrap_StaticResources{Clusters: []*cluster.Cluster{xdsCluster}},
+		StaticResources: &bootstrap.Bootstrap_StaticResources{Clusters: []*cluster.Cluster{xdsCluster, sdsCluster}},
 		DynamicResources: &bootstrap.Bootstrap_DynamicResources{
 			AdsConfig: &core.ApiConfigSource{
 				ApiType:             apiType,

@@ -42,14 +42,18 @@ func (g *generator) clusters(svc *mesh.Service, port mesh.Port) []*cluster.Clust
 	if dr != nil {
 		base = dr.Spec.TrafficPolicy
 	}
-	out := []*cluster.Cluster{g.cluster(ClusterName(port.Number, "", svc.Hostname), port, base)}
+	c := g.cluster(ClusterName(port.Number, "", svc.Hostname), port, base)
+	g.applyUpstreamTLS(c, svc, port, "", nil, clientTLS(dr, nil, port.Number))
+	out := []*cluster.Cluster{c}
 	if dr != nil {
 		for _, ss := range dr.Spec.Subsets {
 			policy := base
 			if ss.TrafficPolicy != nil {
 				policy = ss.TrafficPolicy // Istio: a subset's policy overrides the rule's
 			}
-			out = append(out, g.cluster(ClusterName(port.Number, ss.Name, svc.Hostname), port, policy))
+			c := g.cluster(ClusterName(port.Number, ss.Name, svc.Hostname), port, policy)
+			g.applyUpstreamTLS(c, svc, port, ss.Name, ss.Labels, clientTLS(dr, ss, port.Number))
+			out = append(out, c)
 		}
 	}
 	return out
@@ -63,7 +67,7 @@ func (g *generator) cluster(name string, port mesh.Port, policy *networking.Traf
 		ConnectTimeout:       sharedConnectTimeout,
 		LbPolicy:             g.lbPolicy(portPolicy(policy, port.Number).GetLoadBalancer()),
 	}
-	if g.kind != mesh.KindProxyless && (port.Protocol == "GRPC" || port.Protocol == "HTTP2") {
+	if g.target.Kind != mesh.KindProxyless && (port.Protocol == "GRPC" || port.Protocol == "HTTP2") {
 		c.TypedExtensionProtocolOptions = http2ProtocolOptions()
 	}
 	return c
@@ -104,11 +108,11 @@ func (g *generator) lbPolicy(lb *networking.LoadBalancerSettings) cluster.Cluste
 	case networking.LoadBalancerSettings_LEAST_REQUEST, networking.LoadBalancerSettings_LEAST_CONN:
 		return cluster.Cluster_LEAST_REQUEST
 	case networking.LoadBalancerSettings_RANDOM:
-		if g.kind != mesh.KindProxyless {
+		if g.target.Kind != mesh.KindProxyless {
 			return cluster.Cluster_RANDOM
 		}
 	}
-	if g.kind == mesh.KindProxyless {
+	if g.target.Kind == mesh.KindProxyless {
 		return cluster.Cluster_ROUND_ROBIN
 	}
 	return cluster.Cluster_LEAST_REQUEST
@@ -116,19 +120,22 @@ func (g *generator) lbPolicy(lb *networking.LoadBalancerSettings) cluster.Cluste
 
 // endpoints returns the load assignments of the service port's clusters.
 func (g *generator) endpoints(svc *mesh.Service, port mesh.Port) []*endpoint.ClusterLoadAssignment {
-	out := []*endpoint.ClusterLoadAssignment{loadAssignment(ClusterName(port.Number, "", svc.Hostname), svc.Endpoints, port, nil)}
-	if dr := g.view.DestinationRuleFor(svc); dr != nil {
+	dr := g.view.DestinationRuleFor(svc)
+	auto := g.target.Kind != mesh.KindProxyless && g.upstreamMode(svc, clientTLS(dr, nil, port.Number)) == upstreamAuto
+	out := []*endpoint.ClusterLoadAssignment{g.loadAssignment(ClusterName(port.Number, "", svc.Hostname), svc.Endpoints, port, nil, auto)}
+	if dr != nil {
 		for _, ss := range dr.Spec.Subsets {
-			out = append(out, loadAssignment(ClusterName(port.Number, ss.Name, svc.Hostname), svc.Endpoints, port, ss.Labels))
+			auto := g.target.Kind != mesh.KindProxyless && g.upstreamMode(svc, clientTLS(dr, ss, port.Number)) == upstreamAuto
+			out = append(out, g.loadAssignment(ClusterName(port.Number, ss.Name, svc.Hostname), svc.Endpoints, port, ss.Labels, auto))
 		}
 	}
 	return out
 }
 
-// loadAssignment groups the endpoints selected by subset labels by locality. Every
-// locality gets a non-zero weight: gRPC clients silently drop zero-weight localities.
-func loadAssignment(name string, eps []*mesh.Endpoint, port mesh.Port, subset map[string]string) *endpoint.ClusterLoadAssignment {
-	byLocality := map[string]*endpoint.LocalityLbEndpoints{}
+// clusterEndpoints returns the endpoints selected by subset labels that EDS can
+// serve (those with an IP address).
+func clusterEndpoints(eps []*mesh.Endpoint, subset map[string]string) []*mesh.Endpoint {
+	var out []*mesh.Endpoint
 	for _, ep := range eps {
 		if !mesh.LabelsMatch(subset, ep.Labels) {
 			continue
@@ -136,6 +143,18 @@ func loadAssignment(name string, eps []*mesh.Endpoint, port mesh.Port, subset ma
 		if _, err := netip.ParseAddr(ep.Address); err != nil {
 			continue // host names need DNS resolution, not EDS (reported by the model)
 		}
+		out = append(out, ep)
+	}
+	return out
+}
+
+// loadAssignment groups the endpoints selected by subset labels by locality. Every
+// locality gets a non-zero weight: gRPC clients silently drop zero-weight localities.
+// In the assignment of an auto mTLS cluster (autoMTLS), an endpoint that takes
+// mutual TLS carries the metadata that selects the cluster's mTLS transport socket.
+func (g *generator) loadAssignment(name string, eps []*mesh.Endpoint, port mesh.Port, subset map[string]string, autoMTLS bool) *endpoint.ClusterLoadAssignment {
+	byLocality := map[string]*endpoint.LocalityLbEndpoints{}
+	for _, ep := range clusterEndpoints(eps, subset) {
 		weight := max(ep.Weight, 1)
 		le := byLocality[ep.Locality]
 		if le == nil {
@@ -143,12 +162,16 @@ func loadAssignment(name string, eps []*mesh.Endpoint, port mesh.Port, subset ma
 			byLocality[ep.Locality] = le
 		}
 		le.LoadBalancingWeight.Value += weight
-		le.LbEndpoints = append(le.LbEndpoints, &endpoint.LbEndpoint{
+		lb := &endpoint.LbEndpoint{
 			HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
 				Address: socketAddress(ep.Address, ep.PortFor(port)),
 			}},
 			LoadBalancingWeight: wrapperspb.UInt32(weight),
-		})
+		}
+		if autoMTLS && g.endpointUsesMTLS(ep, port) {
+			lb.Metadata = istioTLSEndpointMD
+		}
+		le.LbEndpoints = append(le.LbEndpoints, lb)
 	}
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
 	for _, l := range mesh.SortedKeys(byLocality) {
@@ -185,6 +208,26 @@ func passthroughCluster() *cluster.Cluster {
 		ConnectTimeout:       durationpb.New(connectTimeout),
 	}
 }
+
+// inboundPassthroughCluster forwards a sidecar's inbound connections to the
+// application at their original destination, from 127.0.0.6 so that the traffic
+// capture does not take them back to the sidecar (as in Istio).
+func inboundPassthroughCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 InboundPassthroughClusterName,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		UpstreamBindConfig: &core.BindConfig{SourceAddress: &core.SocketAddress{
+			Address:       InboundPassthroughBindAddress,
+			PortSpecifier: &core.SocketAddress_PortValue{PortValue: 0},
+		}},
+	}
+}
+
+// InboundPassthroughBindAddress is the source address of connections from a
+// sidecar to its application.
+const InboundPassthroughBindAddress = "127.0.0.6"
 
 // blackHoleCluster has no endpoints: traffic routed to it fails.
 func blackHoleCluster() *cluster.Cluster {

@@ -30,7 +30,9 @@ func TestGeneratedConfigIsConsistent(t *testing.T) {
 		snap := mesh.Build(1, objs)
 		for _, ns := range []string{"default", "team-a"} {
 			for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
-				checkConsistent(t, in+"/"+ns+"/"+string(kind), xds.Generate(snap.ViewFor(ns), kind))
+				for _, w := range goldenWorkloads(data) {
+					checkConsistent(t, in+"/"+ns+"/"+w.name+"/"+string(kind), generateFor(t, snap.ViewFor(ns), kind, w, data))
+				}
 			}
 		}
 	}

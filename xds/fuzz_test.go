@@ -1,6 +1,8 @@
 package xds_test
 
 import (
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -26,10 +28,31 @@ func FuzzGenerate(f *testing.F) {
 		objs, _ := config.Decode("fuzz.yaml", data)
 		snap := mesh.Build(1, objs)
 		for _, ns := range []string{"default", "team-a"} {
+			view := snap.ViewFor(ns)
 			for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
-				res := xds.Generate(snap.ViewFor(ns), kind)
-				if err := xds.ValidateResources(res); err != nil {
-					t.Fatalf("valid configuration translated into invalid %s config for %s: %v", kind, ns, err)
+				// The proxy without labels, and workloads selected by each policy.
+				targets := []xds.Target{xds.TargetFor(snap.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: ns})}
+				for _, pa := range snap.PeerAuthentications.All() {
+					if pa.Selector != nil {
+						labels := maps.Clone(pa.Selector)
+						labels[mesh.TLSModeLabel] = mesh.TLSModeIstio
+						targets = append(targets, xds.TargetFor(snap.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: labels}))
+					}
+				}
+				for _, target := range targets {
+					res := xds.Generate(view, target, xds.Options{})
+					if kind == mesh.KindProxyless {
+						for _, port := range []int{80, 8080, 9080} {
+							l, err := xds.ProxylessServerListener(target, xds.Options{}, fmt.Sprintf(xds.ServerListenerTemplate, fmt.Sprintf("10.0.0.1:%d", port)))
+							if err != nil {
+								t.Fatal(err)
+							}
+							res.Listeners = append(res.Listeners, l)
+						}
+					}
+					if err := xds.ValidateResources(res); err != nil {
+						t.Fatalf("valid configuration translated into invalid %s config for %s: %v", kind, ns, err)
+					}
 				}
 			}
 		}

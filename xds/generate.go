@@ -1,6 +1,7 @@
 // Package xds translates Palisade's model into Envoy xDS resources.
 //
-// Translation is a pure function of a namespace's mesh.View and the proxy's kind:
+// Translation is a pure function of a namespace's mesh.View and the proxy's Target
+// (its kind and the PeerAuthentication selecting its workload):
 // Generate never mutates its inputs and returns the same resources for the same
 // inputs, which is what makes golden tests and translation sharing possible. Two
 // generators share the route, cluster and endpoint builders: one for proxyless gRPC
@@ -58,31 +59,83 @@ func asResources[T types.Resource](in []T) []types.Resource {
 	return out
 }
 
-// Generate returns the configuration for a proxy of the given kind in view's
-// namespace. Server-side listeners of proxyless gRPC servers are produced on request
-// by ProxylessServerListener, since their names carry the listening address.
-func Generate(view *mesh.View, kind mesh.ProxyKind) *Resources {
-	g := &generator{view: view, kind: kind, memo: noMemo()}
+// DefaultTrustDomain is the trust domain of workload identities when none is
+// configured, as in Istio.
+const DefaultTrustDomain = "cluster.local"
+
+// Options are the control plane's settings that translation depends on; they are
+// not part of the mesh configuration. The zero value is usable.
+type Options struct {
+	// TrustDomain of the mesh's SPIFFE identities (spiffe://TRUST_DOMAIN/ns/NS/sa/SA),
+	// used to check the certificates of peers; "" means DefaultTrustDomain.
+	TrustDomain string
+}
+
+func (o Options) trustDomain() string {
+	if o.TrustDomain == "" {
+		return DefaultTrustDomain
+	}
+	return o.TrustDomain
+}
+
+// Target is what a translation reads about the proxies it is made for, besides
+// their namespace's view: proxies of one namespace that agree on it share one
+// translation. Make it with TargetFor.
+type Target struct {
+	Kind mesh.ProxyKind
+	// Policies are the PeerAuthentications that apply to the proxies' workload
+	// (mesh.PeerAuthentications.ForWorkload). Inbound configuration (a sidecar's
+	// virtualInbound listener, a proxyless server's listeners) depends on them, and
+	// on nothing else of the mesh: the mesh- and namespace-wide policies are the same
+	// for every proxy of the namespace, the workload-level one tells them apart.
+	Policies mesh.PeerAuthenticationPolicies
+	// IstioTLSMode is set for a proxyless workload labelled
+	// security.istio.io/tlsMode=istio: its servers then require mutual TLS where the
+	// mode is PERMISSIVE, since clients with auto mTLS will use it (as Istio's gRPC
+	// generator does). Always false for sidecars, which do not read it.
+	IstioTLSMode bool
+}
+
+// TargetFor returns the target of a proxy, given the snapshot's policies.
+func TargetFor(pas *mesh.PeerAuthentications, p *mesh.Proxy) Target {
+	t := Target{Kind: p.Kind, Policies: pas.ForWorkload(p.Namespace, p.Labels)}
+	if t.Kind == "" {
+		t.Kind = mesh.KindSidecar
+	}
+	if t.Kind == mesh.KindProxyless {
+		t.IstioTLSMode = p.Labels[mesh.TLSModeLabel] == mesh.TLSModeIstio
+	}
+	return t
+}
+
+// Generate returns the configuration for proxies of target t in view's namespace.
+// Server-side listeners of proxyless gRPC servers are produced on request by
+// ProxylessServerListener, since their names carry the listening address.
+func Generate(view *mesh.View, t Target, o Options) *Resources {
+	g := &generator{view: view, target: t, opts: o, memo: noMemo()}
 	return g.generate()
 }
 
 // GenerateWith is Generate reusing the translations of the previous configuration
 // version recorded in prev (nil for none) where their inputs are unchanged. It
-// returns the Memo to pass to the next call for the same view.
-func GenerateWith(view *mesh.View, kind mesh.ProxyKind, prev *Memo) (*Resources, *Memo) {
-	g := generator{view: view, kind: kind, memo: prev.advance()}
+// returns the Memo to pass to the next call for the same namespace and kind. A memo
+// may also start the translation of another target of the same namespace and kind
+// (every entry is checked against what it was made from), but not of other Options.
+func GenerateWith(view *mesh.View, t Target, o Options, prev *Memo) (*Resources, *Memo) {
+	g := generator{view: view, target: t, opts: o, memo: prev.advance()}
 	return g.generate(), g.memo
 }
 
 func (g *generator) generate() *Resources {
-	view, kind := g.view, g.kind
+	view, kind := g.view, g.target.Kind
 	res := &Resources{}
 	for _, svc := range view.Services {
+		dr := g.view.DestinationRuleFor(svc)
+		fingerprint := g.destinationPolicies(svc, dr)
 		for _, port := range svc.Ports {
 			k := servicePort{svc, port.Number}
-			dr := []any{g.view.DestinationRuleFor(svc)}
-			res.Clusters = append(res.Clusters, g.memo.clusters.get(k, dr, func() []*cluster.Cluster { return g.clusters(svc, port) })...)
-			res.Endpoints = append(res.Endpoints, g.memo.endpoints.get(k, dr, func() []*endpoint.ClusterLoadAssignment { return g.endpoints(svc, port) })...)
+			res.Clusters = append(res.Clusters, g.memo.clusters.get(k, fingerprint, func() []*cluster.Cluster { return g.clusters(svc, port) })...)
+			res.Endpoints = append(res.Endpoints, g.memo.endpoints.get(k, fingerprint, func() []*endpoint.ClusterLoadAssignment { return g.endpoints(svc, port) })...)
 		}
 	}
 	switch kind {
@@ -90,7 +143,8 @@ func (g *generator) generate() *Resources {
 		res.Listeners, res.Routes = g.proxylessClientListeners()
 	default:
 		res.Listeners, res.Routes = g.sidecarOutbound()
-		res.Clusters = append(res.Clusters, passthroughCluster(), blackHoleCluster())
+		res.Listeners = append(res.Listeners, g.sidecarInbound())
+		res.Clusters = append(res.Clusters, passthroughCluster(), blackHoleCluster(), inboundPassthroughCluster())
 	}
 	sortByName(res.Listeners, (*listener.Listener).GetName)
 	sortByName(res.Routes, (*route.RouteConfiguration).GetName)
@@ -100,9 +154,10 @@ func (g *generator) generate() *Resources {
 }
 
 type generator struct {
-	view *mesh.View
-	kind mesh.ProxyKind
-	memo *Memo
+	view   *mesh.View
+	target Target
+	opts   Options
+	memo   *Memo
 }
 
 func sortByName[T any](s []T, name func(T) string) {
@@ -111,8 +166,9 @@ func sortByName[T any](s []T, name func(T) string) {
 
 // Cluster names follow Istio: outbound|PORT|SUBSET|HOST.
 const (
-	PassthroughClusterName = "PassthroughCluster"
-	BlackHoleClusterName   = "BlackHoleCluster"
+	PassthroughClusterName        = "PassthroughCluster"
+	BlackHoleClusterName          = "BlackHoleCluster"
+	InboundPassthroughClusterName = "InboundPassthroughCluster"
 )
 
 // ClusterName returns Istio's name of an outbound cluster.

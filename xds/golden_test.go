@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -26,9 +27,59 @@ var update = flag.Bool("update", false, "rewrite testdata/out from the current t
 // "# proxy-namespaces: a b" line; the default is "default".
 var proxyNamespacesRe = regexp.MustCompile(`(?m)^# proxy-namespaces:(.*)$`)
 
+// workloadRe reads a workload a golden input is also translated for, from lines
+// "# workload: NAME k=v,k=v" (the proxy's labels): inbound configuration depends on
+// the PeerAuthentication selecting it.
+var workloadRe = regexp.MustCompile(`(?m)^# workload: (\S+) (\S+)$`)
+
+// serverListenersRe reads the listening addresses of proxyless gRPC servers whose
+// listeners a golden input's proxyless listeners include: "# server-listeners: IP:PORT ...".
+var serverListenersRe = regexp.MustCompile(`(?m)^# server-listeners:(.*)$`)
+
+type goldenWorkload struct {
+	name   string // "" for the proxy without labels
+	labels map[string]string
+}
+
+// goldenWorkloads returns the workloads an input declares, after the proxy without
+// labels.
+func goldenWorkloads(data []byte) []goldenWorkload {
+	out := []goldenWorkload{{}}
+	for _, m := range workloadRe.FindAllSubmatch(data, -1) {
+		w := goldenWorkload{name: string(m[1]), labels: map[string]string{}}
+		for _, kv := range strings.Split(string(m[2]), ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			w.labels[k] = v
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// generateFor translates a view for a workload, with the server listeners the input
+// asks for added to a proxyless proxy's listeners.
+func generateFor(t *testing.T, view *mesh.View, kind mesh.ProxyKind, w goldenWorkload, data []byte) *xds.Resources {
+	t.Helper()
+	target := xds.TargetFor(view.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: view.Namespace, Labels: w.labels})
+	res := xds.Generate(view, target, xds.Options{})
+	if m := serverListenersRe.FindSubmatch(data); m != nil && kind == mesh.KindProxyless {
+		for _, addr := range strings.Fields(string(m[1])) {
+			l, err := xds.ProxylessServerListener(target, xds.Options{}, fmt.Sprintf(xds.ServerListenerTemplate, addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Listeners = append(res.Listeners, l)
+		}
+	}
+	return res
+}
+
 // TestGolden translates every testdata/in/NAME.yaml for each proxy kind and namespace
 // and compares each resource type with testdata/out/NAME.NAMESPACE.KIND.TYPE.yaml.
-// The model's diagnostics are compared with testdata/out/NAME.diagnostics.txt.
+// A workload NAME declared by the input (see workloadRe) gets only its listeners
+// compared, with testdata/out/NAME.NAMESPACE.WORKLOAD.KIND.listeners.yaml: the other
+// types must be those of the proxy without labels. The model's diagnostics are
+// compared with testdata/out/NAME.diagnostics.txt.
 func TestGolden(t *testing.T) {
 	inputs, err := filepath.Glob("testdata/in/*.yaml")
 	if err != nil || len(inputs) == 0 {
@@ -54,14 +105,29 @@ func TestGolden(t *testing.T) {
 				namespaces = strings.Fields(string(m[1]))
 			}
 			for _, ns := range namespaces {
+				view := snap.ViewFor(ns)
 				for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
-					res := xds.Generate(snap.ViewFor(ns), kind)
-					if err := xds.ValidateResources(res); err != nil {
-						t.Errorf("%s/%s: generated config does not validate: %v", ns, kind, err)
-					}
-					for _, typeURL := range xds.TypeURLs {
-						file := fmt.Sprintf("%s.%s.%s.%s.yaml", name, ns, kind, typeName(typeURL))
-						compareGolden(t, filepath.Join("testdata/out", file), resourcesYAML(t, res, typeURL))
+					var base *xds.Resources
+					for _, w := range goldenWorkloads(data) {
+						res := generateFor(t, view, kind, w, data)
+						if err := xds.ValidateResources(res); err != nil {
+							t.Errorf("%s/%s/%s: generated config does not validate: %v", ns, w.name, kind, err)
+						}
+						if w.name == "" {
+							base = res
+							for _, typeURL := range xds.TypeURLs {
+								file := fmt.Sprintf("%s.%s.%s.%s.yaml", name, ns, kind, typeName(typeURL))
+								compareGolden(t, filepath.Join("testdata/out", file), resourcesYAML(t, res, typeURL))
+							}
+							continue
+						}
+						file := fmt.Sprintf("%s.%s.%s.%s.%s.yaml", name, ns, w.name, kind, typeName(resource.ListenerType))
+						compareGolden(t, filepath.Join("testdata/out", file), resourcesYAML(t, res, resource.ListenerType))
+						for _, typeURL := range xds.TypeURLs {
+							if typeURL != resource.ListenerType && string(resourcesYAML(t, res, typeURL)) != string(resourcesYAML(t, base, typeURL)) {
+								t.Errorf("%s/%s/%s: %s differ from those of the proxy without labels", ns, w.name, kind, typeName(typeURL))
+							}
+						}
 					}
 				}
 			}

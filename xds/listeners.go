@@ -99,41 +99,6 @@ var serverListenerPrefix = strings.TrimSuffix(ServerListenerTemplate, "%s")
 // asks for (see ProxylessServerListener).
 func IsServerListener(name string) bool { return strings.HasPrefix(name, serverListenerPrefix) }
 
-// ProxylessServerListener returns the listener a proxyless gRPC server asks for by
-// name (ServerListenerTemplate with its listening address). The name must carry an
-// IP:PORT address.
-func ProxylessServerListener(name string) (*listener.Listener, error) {
-	addr, ok := strings.CutPrefix(name, serverListenerPrefix)
-	if !ok {
-		return nil, fmt.Errorf("listener %q is not a gRPC server listener", name)
-	}
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("listener %q: listening address: %w", name, err)
-	}
-	cm := &hcm.HttpConnectionManager{
-		StatPrefix: "inbound_" + addr,
-		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
-			Name: "inbound|" + addr,
-			VirtualHosts: []*route.VirtualHost{{
-				Name:    "inbound|" + addr,
-				Domains: []string{"*"},
-				Routes: []*route.Route{{
-					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &route.Route_NonForwardingAction{NonForwardingAction: &route.NonForwardingAction{}},
-				}},
-			}},
-		}},
-		HttpFilters: []*hcm.HttpFilter{routerFilter()},
-	}
-	return &listener.Listener{
-		Name:             name,
-		Address:          socketAddress(ap.Addr().String(), uint32(ap.Port())),
-		FilterChains:     []*listener.FilterChain{filterChain("inbound|"+addr, nil, hcmFilterName, mustAny(cm))},
-		TrafficDirection: core.TrafficDirection_INBOUND,
-	}, nil
-}
-
 // sidecarOutbound returns an Envoy sidecar's outbound listeners and routes: the
 // capture listener on 15001, and one listener per service port number (named
 // 0.0.0.0_PORT, not bound: it receives connections handed over by the capture
@@ -256,7 +221,7 @@ func (g *generator) serviceRouteConfig(name string, domains []string, routes *ro
 			Name:         name,
 			VirtualHosts: []*route.VirtualHost{{Name: name, Domains: domains, Routes: routes.routes}},
 		}
-		if g.kind != mesh.KindProxyless {
+		if g.target.Kind != mesh.KindProxyless {
 			rc.ValidateClusters = wrapperspb.Bool(false)
 		}
 		return rc

@@ -20,8 +20,10 @@ import (
 // snapshots, which is what makes identity a sound test. A reused resource is the very
 // same message, so the server can also reuse its marshalled form.
 //
-// A Memo belongs to one view (namespace and proxy kind); the output of GenerateWith
-// is always equal to Generate's (TestMemoMatchesFullTranslation).
+// A Memo belongs to one namespace, proxy kind and Options; it may pass from one
+// Target of these to another (the inbound listener's entry is checked against the
+// target's PeerAuthentications like any other input). The output of GenerateWith is
+// always equal to Generate's (TestMemoMatchesFullTranslation).
 type Memo struct {
 	routes       memoTable[servicePort, *routeSet]
 	clusters     memoTable[servicePort, []*cluster.Cluster]

@@ -41,7 +41,7 @@ func (m *meshFiles) objects(t *testing.T) []config.Object {
 	return objs
 }
 
-func serviceEntry(i int, ns string, vip bool, exportTo string) string {
+func serviceEntry(i int, ns string, vip bool, exportTo, location string) string {
 	addresses := ""
 	if vip {
 		addresses = fmt.Sprintf("\n  addresses: [240.0.0.%d]", i%3) // VIPs collide on purpose
@@ -52,28 +52,37 @@ metadata: {name: svc%[1]d, namespace: %[2]s}
 spec:
   hosts: [svc%[1]d.%[2]s.svc.cluster.local]%[3]s
   exportTo: [%[4]q]
+  location: %[5]s
   ports: [{number: 9080, name: http, protocol: HTTP}, {number: 5432, name: tcp, protocol: TCP}]
   resolution: STATIC
   workloadSelector: {labels: {app: svc%[1]d}}
-`, i, ns, addresses, exportTo)
+`, i, ns, addresses, exportTo, location)
 }
 
-func workload(i int, ns, version string) string {
+func workload(i int, ns, version string, tlsMode bool) string {
+	labels := fmt.Sprintf("app: svc%d, version: %s", i, version)
+	if tlsMode {
+		labels += ", security.istio.io/tlsMode: istio"
+	}
 	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: svc%[1]d-%[3]s, namespace: %[2]s}
-spec: {address: 10.0.%[1]d.%[4]d, labels: {app: svc%[1]d, version: %[3]s}}
-`, i, ns, version, len(version))
+spec: {address: 10.0.%[1]d.%[4]d, labels: {%[5]s}, serviceAccount: sa%[1]d}
+`, i, ns, version, len(version), labels)
 }
 
-func destinationRule(i int, ns string, subsetLabel string) string {
+func destinationRule(i int, ns string, subsetLabel, tlsMode string) string {
+	policy := ""
+	if tlsMode != "" {
+		policy = "\n  trafficPolicy: {tls: {mode: " + tlsMode + "}}"
+	}
 	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: svc%[1]d, namespace: %[2]s}
 spec:
-  host: svc%[1]d.default.svc.cluster.local
+  host: svc%[1]d.default.svc.cluster.local%[4]s
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: %[3]s}}]
-`, i, ns, subsetLabel)
+`, i, ns, subsetLabel, policy)
 }
 
 func virtualService(i, target, weight int) string {
@@ -91,40 +100,84 @@ spec:
 `, i, target, weight, 100-weight)
 }
 
+// peerAuthentication is a policy of namespace ns: namespace-wide without app, else
+// selecting app, with a mode and optionally one for a port.
+func peerAuthentication(name, ns, app, mode string, port int, portMode string) string {
+	spec := "mtls: {mode: " + mode + "}"
+	if app != "" {
+		spec += ", selector: {matchLabels: {app: " + app + "}}"
+		if port != 0 {
+			spec += fmt.Sprintf(", portLevelMtls: {%d: {mode: %s}}", port, portMode)
+		}
+	}
+	return fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: %s, namespace: %s}
+spec: {%s}
+`, name, ns, spec)
+}
+
+var mtlsModes = []string{"UNSET", "DISABLE", "PERMISSIVE", "STRICT"}
+
 // Translating with the memo of the previous version gives exactly what a full
 // translation gives, through a random walk of edits of every kind a memoized
-// translation depends on.
+// translation depends on, for proxies of several workloads. As the server does, the
+// translation for a workload whose policy changed starts from the memo of another
+// of the namespace and kind.
 func TestMemoMatchesFullTranslation(t *testing.T) {
 	const services = 6
 	files := &meshFiles{content: map[string]string{}, decoded: map[string][]config.Object{}}
 	for i := range services {
-		files.set(fmt.Sprintf("se%d", i), serviceEntry(i, "default", i%2 == 0, "*"))
-		files.set(fmt.Sprintf("we%d-v1", i), workload(i, "default", "v1"))
-		files.set(fmt.Sprintf("we%d-v2", i), workload(i, "default", "v2"))
-		files.set(fmt.Sprintf("dr%d", i), destinationRule(i, "default", "v2"))
+		files.set(fmt.Sprintf("se%d", i), serviceEntry(i, "default", i%2 == 0, "*", "MESH_INTERNAL"))
+		files.set(fmt.Sprintf("we%d-v1", i), workload(i, "default", "v1", true))
+		files.set(fmt.Sprintf("we%d-v2", i), workload(i, "default", "v2", false))
+		files.set(fmt.Sprintf("dr%d", i), destinationRule(i, "default", "v2", ""))
 		files.set(fmt.Sprintf("vs%d", i), virtualService(i, i, 80))
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
+	mode := func() string { return mtlsModes[rng.IntN(len(mtlsModes))] }
 	edits := []func(i int){
 		func(i int) { files.set(fmt.Sprintf("vs%d", i), virtualService(i, i, rng.IntN(101))) },
 		func(i int) { files.set(fmt.Sprintf("vs%d", i), virtualService(i, rng.IntN(services+1), 50)) }, // may name a missing service
 		func(i int) { files.remove(fmt.Sprintf("vs%d", i)) },
 		func(i int) {
-			files.set(fmt.Sprintf("dr%d", i), destinationRule(i, "default", []string{"v2", "v3"}[rng.IntN(2)]))
+			files.set(fmt.Sprintf("dr%d", i), destinationRule(i, "default", []string{"v2", "v3"}[rng.IntN(2)], []string{"", "", "ISTIO_MUTUAL", "DISABLE"}[rng.IntN(4)]))
 		},
 		func(i int) { files.remove(fmt.Sprintf("dr%d", i)) },
-		func(i int) { files.set(fmt.Sprintf("dr%d-other", i), destinationRule(i, "other", "v2")) },
+		func(i int) { files.set(fmt.Sprintf("dr%d-other", i), destinationRule(i, "other", "v2", "")) },
 		func(i int) { files.remove(fmt.Sprintf("dr%d-other", i)) },
 		func(i int) {
-			files.set(fmt.Sprintf("se%d", i), serviceEntry(i, "default", rng.IntN(2) == 0, []string{"*", "."}[rng.IntN(2)]))
+			files.set(fmt.Sprintf("se%d", i), serviceEntry(i, "default", rng.IntN(2) == 0, []string{"*", "."}[rng.IntN(2)], []string{"MESH_INTERNAL", "MESH_EXTERNAL"}[rng.IntN(2)]))
 		},
 		func(i int) { files.remove(fmt.Sprintf("se%d", i)) },
 		func(i int) { files.remove(fmt.Sprintf("we%d-v2", i)) },
-		func(i int) { files.set(fmt.Sprintf("we%d-v2", i), workload(i, "default", "v2")) },
+		func(i int) { files.set(fmt.Sprintf("we%d-v2", i), workload(i, "default", "v2", rng.IntN(2) == 0)) },
+		// PeerAuthentications: mesh-wide, namespace-wide (one of two names: a
+		// second is ignored), and selecting workloads (two may select one).
+		func(int) { files.set("pa-mesh", peerAuthentication("default", mesh.RootNamespace, "", mode(), 0, "")) },
+		func(int) { files.remove("pa-mesh") },
+		func(int) {
+			files.set("pa-ns"+fmt.Sprint(rng.IntN(2)), peerAuthentication(fmt.Sprintf("ns%d", rng.IntN(2)), []string{"default", "other"}[rng.IntN(2)], "", mode(), 0, ""))
+		},
+		func(int) { files.remove("pa-ns" + fmt.Sprint(rng.IntN(2))) },
+		func(i int) {
+			files.set(fmt.Sprintf("pa-w%d", i%3), peerAuthentication(fmt.Sprintf("w%d", i%3), "default", fmt.Sprintf("svc%d", i), mode(), []int{0, 9080, 5432}[rng.IntN(3)], mode()))
+		},
+		func(i int) { files.remove(fmt.Sprintf("pa-w%d", i%3)) },
 	}
+	workloads := []map[string]string{
+		nil,
+		{"app": "svc0", "version": "v1"},
+		{"app": "svc1", mesh.TLSModeLabel: mesh.TLSModeIstio},
+		{"app": "svc2"},
+	}
+	// As in the server: the policy by key, so that an edited policy keeps its
+	// proxies' memo.
 	type viewKey struct {
-		ns   string
-		kind mesh.ProxyKind
+		ns     string
+		kind   mesh.ProxyKind
+		policy config.Key
+		tls    bool
 	}
 	memos := map[viewKey]*xds.Memo{}
 	var snap *mesh.Snapshot
@@ -133,19 +186,44 @@ func TestMemoMatchesFullTranslation(t *testing.T) {
 			edits[rng.IntN(len(edits))](rng.IntN(services))
 		}
 		snap = mesh.BuildFrom(snap, uint64(step+1), files.objects(t))
+		next := map[viewKey]*xds.Memo{}
 		for _, ns := range []string{"default", "other"} {
+			view := snap.ViewFor(ns)
 			for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
-				k := viewKey{ns, kind}
-				full := xds.Generate(snap.ViewFor(ns), kind)
-				var inc *xds.Resources
-				inc, memos[k] = xds.GenerateWith(snap.ViewFor(ns), kind, memos[k])
-				for _, typeURL := range xds.TypeURLs {
-					a, b := full.ByType(typeURL), inc.ByType(typeURL)
-					if !slices.EqualFunc(a, b, func(x, y types.Resource) bool { return proto.Equal(x, y) }) {
-						t.Fatalf("step %d, %s %s: %s differ between full and memoized translation", step, ns, kind, typeURL)
+				var sibling *xds.Memo // the previous memo of the first workload's view
+				for i, labels := range workloads {
+					target := xds.TargetFor(view.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: labels})
+					k := viewKey{ns: ns, kind: kind, tls: target.IstioTLSMode}
+					if w := target.Policies.Workload; w != nil {
+						k.policy = w.Key
+					}
+					if _, done := next[k]; done {
+						continue // another workload with the same target
+					}
+					memo := memos[k]
+					if i == 0 {
+						sibling = memo
+					}
+					if memo == nil {
+						memo = sibling
+					}
+					full := xds.Generate(view, target, xds.Options{})
+					var inc *xds.Resources
+					inc, next[k] = xds.GenerateWith(view, target, xds.Options{}, memo)
+					for _, typeURL := range xds.TypeURLs {
+						a, b := full.ByType(typeURL), inc.ByType(typeURL)
+						if !slices.EqualFunc(a, b, func(x, y types.Resource) bool { return proto.Equal(x, y) }) {
+							t.Fatalf("step %d, %s %s %v: %s differ between full and memoized translation", step, ns, kind, labels, typeURL)
+						}
+					}
+					if step%20 == 0 { // validation is slow; the fuzz and golden tests do more of it
+						if err := xds.ValidateResources(inc); err != nil {
+							t.Fatalf("step %d: %v", step, err)
+						}
 					}
 				}
 			}
 		}
+		memos = next
 	}
 }

@@ -9,11 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/palisade-mesh/palisade/mesh"
 	"github.com/palisade-mesh/palisade/mesh/config"
@@ -178,7 +181,7 @@ func TestSidecarSimulation(t *testing.T) {
 		t.Fatal(err)
 	}
 	objs, _ := config.Decode("vips.yaml", data)
-	res := xds.Generate(mesh.Build(1, objs).ViewFor("default"), mesh.KindSidecar)
+	res := xds.Generate(mesh.Build(1, objs).ViewFor("default"), xds.Target{Kind: mesh.KindSidecar}, xds.Options{})
 	reviews := "reviews.default.svc.cluster.local"
 	split := "outbound|9080|v1|" + reviews + "=90,outbound|9080|v2|" + reviews + "=10"
 	for _, tc := range []struct {
@@ -216,5 +219,205 @@ func TestSidecarSimulation(t *testing.T) {
 				t.Errorf("%+v\n got %+v\nwant %+v", tc.req, got, tc.want)
 			}
 		})
+	}
+}
+
+// simulateInbound follows a connection redirected to a sidecar's virtualInbound
+// listener as Envoy picks its filter chain: first by destination port (chains naming
+// the port win over those naming none), then by transport protocol as the TLS
+// inspector reports it ("tls" or "raw_buffer"; a chain naming the protocol wins over
+// one naming none). It returns the chain's name, or "(none)" when no chain matches
+// and Envoy closes the connection, and checks what a matched chain does.
+func simulateInbound(t *testing.T, res *xds.Resources, port uint32, tls bool) string {
+	t.Helper()
+	var l *listener.Listener
+	for _, c := range res.Listeners {
+		if c.Name == xds.VirtualInboundListenerName {
+			l = c
+		}
+	}
+	if l == nil {
+		t.Fatal("no virtualInbound listener")
+	}
+	var byPort, anyPort []*listener.FilterChain
+	for _, fc := range l.FilterChains {
+		switch p := fc.GetFilterChainMatch().GetDestinationPort(); {
+		case p == nil:
+			anyPort = append(anyPort, fc)
+		case p.GetValue() == port:
+			byPort = append(byPort, fc)
+		}
+	}
+	candidates := anyPort
+	if len(byPort) > 0 {
+		candidates = byPort
+	}
+	transport := "raw_buffer"
+	if tls {
+		transport = "tls"
+	}
+	var exact, wildcard []*listener.FilterChain
+	for _, fc := range candidates {
+		switch fc.GetFilterChainMatch().GetTransportProtocol() {
+		case transport:
+			exact = append(exact, fc)
+		case "":
+			wildcard = append(wildcard, fc)
+		}
+	}
+	matched := exact
+	if len(matched) == 0 {
+		matched = wildcard
+	}
+	switch len(matched) {
+	case 0:
+		return "(none)"
+	case 1:
+	default:
+		t.Fatalf("port %d, tls %v: several chains match: Envoy rejects such a listener", port, tls)
+	}
+	fc := matched[0]
+	var p tcpproxy.TcpProxy
+	if err := fc.Filters[0].GetTypedConfig().UnmarshalTo(&p); err != nil {
+		t.Fatal(err)
+	}
+	if want := xds.InboundPassthroughClusterName; port != xds.VirtualInboundPort && p.GetCluster() != want {
+		t.Errorf("chain %s forwards to %s, want %s", fc.Name, p.GetCluster(), want)
+	}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		var ctx tlsv3.DownstreamTlsContext
+		if err := ts.GetTypedConfig().UnmarshalTo(&ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !ctx.GetRequireClientCertificate().GetValue() {
+			t.Errorf("chain %s terminates TLS without requiring a client certificate", fc.Name)
+		}
+		if !tls {
+			t.Errorf("chain %s terminates TLS on a plaintext connection", fc.Name)
+		}
+	}
+	return fc.Name
+}
+
+// simulateUpstream says how a sidecar connects to an endpoint of a cluster: "mtls"
+// or "plaintext", following the cluster's transport socket or, for auto mTLS, its
+// transport socket matches against the endpoint's metadata (the first whose match
+// is a subset of the metadata, as Envoy picks them).
+func simulateUpstream(t *testing.T, res *xds.Resources, clusterName, address string) string {
+	t.Helper()
+	var c *cluster.Cluster
+	for _, x := range res.Clusters {
+		if x.Name == clusterName {
+			c = x
+		}
+	}
+	var md map[string]*structpb.Value
+	found := false
+	for _, cla := range res.Endpoints {
+		if cla.ClusterName != clusterName {
+			continue
+		}
+		for _, le := range cla.Endpoints {
+			for _, e := range le.LbEndpoints {
+				if e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == address {
+					md = e.GetMetadata().GetFilterMetadata()["envoy.transport_socket_match"].GetFields()
+					found = true
+				}
+			}
+		}
+	}
+	if c == nil || !found {
+		t.Fatalf("no cluster %s with endpoint %s", clusterName, address)
+	}
+	socket := c.GetTransportSocket()
+	for _, m := range c.GetTransportSocketMatches() {
+		matches := true
+		for k, v := range m.GetMatch().GetFields() {
+			if md[k].GetStringValue() != v.GetStringValue() {
+				matches = false
+			}
+		}
+		if matches {
+			socket = m.GetTransportSocket()
+			break
+		}
+	}
+	if socket.GetName() == "envoy.transport_sockets.tls" {
+		return "mtls"
+	}
+	return "plaintext"
+}
+
+// Connections to a sidecar's inbound listener land on the filter chain the
+// workload's PeerAuthentication mode calls for, or on none (plaintext where mTLS is
+// STRICT); connections from a sidecar use mutual TLS to exactly the endpoints that
+// take it.
+func TestSidecarMTLSSimulation(t *testing.T) {
+	data, err := os.ReadFile("testdata/in/mtls.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, _ := config.Decode("mtls.yaml", data)
+	snap := mesh.Build(1, objs)
+	generate := func(ns string, labels map[string]string) *xds.Resources {
+		view := snap.ViewFor(ns)
+		return xds.Generate(view, xds.TargetFor(view.PeerAuthentications, &mesh.Proxy{Kind: mesh.KindSidecar, Namespace: ns, Labels: labels}), xds.Options{})
+	}
+	reviews := map[string]string{"app": "reviews", "version": "v1"}
+	ratings := map[string]string{"app": "ratings"}
+	details := map[string]string{"app": "details"}
+	for _, tc := range []struct {
+		name   string
+		ns     string
+		labels map[string]string
+		port   uint32
+		tls    bool
+		want   string
+	}{
+		{"mesh-wide STRICT: mTLS", "default", nil, 9080, true, "virtualInbound-mtls"},
+		{"mesh-wide STRICT: plaintext refused", "default", nil, 9080, false, "(none)"},
+		{"to the listener itself", "default", nil, xds.VirtualInboundPort, false, "virtualInbound-blackhole"},
+		{"namespace UNSET inherits STRICT", "legacy", nil, 9080, false, "(none)"},
+		{"namespace PERMISSIVE: plaintext", "team-a", nil, 9080, false, "virtualInbound-plaintext"},
+		{"namespace PERMISSIVE: mTLS", "team-a", nil, 9080, true, "virtualInbound-mtls"},
+		{"workload DISABLE: plaintext", "default", details, 9080, false, "virtualInbound-plaintext"},
+		{"workload DISABLE: TLS passed through", "default", details, 9080, true, "virtualInbound-plaintext"},
+		{"workload UNSET inherits STRICT", "default", reviews, 8080, false, "(none)"},
+		{"port PERMISSIVE: plaintext", "default", reviews, 9080, false, "virtualInbound-plaintext-9080"},
+		{"port PERMISSIVE: mTLS", "default", reviews, 9080, true, "virtualInbound-mtls-9080"},
+		{"port DISABLE: plaintext", "default", reviews, 9443, false, "virtualInbound-plaintext-9443"},
+		{"port DISABLE: TLS passed through", "default", reviews, 9443, true, "virtualInbound-plaintext-9443"},
+		{"port UNSET inherits the workload's STRICT", "default", reviews, 9090, false, "(none)"},
+		{"other port: the workload's mode", "default", reviews, 8080, true, "virtualInbound-mtls"},
+		{"port STRICT in a PERMISSIVE namespace: plaintext refused", "team-a", ratings, 9080, false, "(none)"},
+		{"port STRICT in a PERMISSIVE namespace: mTLS", "team-a", ratings, 9080, true, "virtualInbound-mtls-9080"},
+		{"port STRICT in a PERMISSIVE namespace: other ports", "team-a", ratings, 8080, false, "virtualInbound-plaintext"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := simulateInbound(t, generate(tc.ns, tc.labels), tc.port, tc.tls); got != tc.want {
+				t.Errorf("%s %v: connection to port %d (TLS %v) lands on %s, want %s", tc.ns, tc.labels, tc.port, tc.tls, got, tc.want)
+			}
+		})
+	}
+
+	res := generate("default", nil)
+	for _, tc := range []struct {
+		cluster, address, want string
+	}{
+		{"outbound|9080||reviews.default.svc.cluster.local", "10.0.1.1", "mtls"},      // tlsMode=istio
+		{"outbound|9080||reviews.default.svc.cluster.local", "10.0.1.2", "plaintext"}, // no label
+		{"outbound|9080|v1|reviews.default.svc.cluster.local", "10.0.1.1", "mtls"},
+		{"outbound|9080||details.default.svc.cluster.local", "10.0.2.1", "plaintext"}, // its workload DISABLEs mTLS
+		{"outbound|9080||ratings.team-a.svc.cluster.local", "10.0.3.2", "mtls"},
+		{"outbound|5432||db.legacy-db.svc.cluster.local", "10.0.4.1", "plaintext"},  // namespace DISABLE
+		{"outbound|8443||payments.example.com", "10.0.5.1", "mtls"},                 // ISTIO_MUTUAL
+		{"outbound|8443|plain|payments.example.com", "10.0.5.1", "plaintext"},       // subset DISABLE
+		{"outbound|6379||cache.default.svc.cluster.local", "10.0.6.1", "plaintext"}, // port DISABLE
+		{"outbound|6380||cache.default.svc.cluster.local", "10.0.6.1", "mtls"},
+		{"outbound|443||api.partner.example", "192.0.2.10", "plaintext"}, // MESH_EXTERNAL
+	} {
+		if got := simulateUpstream(t, res, tc.cluster, tc.address); got != tc.want {
+			t.Errorf("%s to %s: %s, want %s", tc.cluster, tc.address, got, tc.want)
+		}
 	}
 }

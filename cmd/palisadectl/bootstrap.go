@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -14,7 +15,7 @@ import (
 
 func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bootstrap", "bootstrap [flags]",
-		"Writes a bootstrap that points a proxy at palisaded: --kind grpc writes the JSON a\nproxyless gRPC app reads from GRPC_XDS_BOOTSTRAP; --kind envoy writes an Envoy\nsidecar's bootstrap YAML.", stderr)
+		"Writes a bootstrap that points a proxy at palisaded: --kind grpc writes the JSON a\nproxyless gRPC app reads from GRPC_XDS_BOOTSTRAP; --kind envoy writes an Envoy\nsidecar's bootstrap YAML.\n\nFor mutual TLS, a gRPC app needs --cert-dir (where palisade-agent writes its\ncertificates); Envoy gets them from the agent's SDS socket (--sds-socket).", stderr)
 	kind := fs.String("kind", "grpc", "grpc (proxyless gRPC, JSON) or envoy (Envoy sidecar, YAML)")
 	o := xds.BootstrapOptions{}
 	fs.StringVar(&o.XDSAddress, "xds-address", "127.0.0.1:15010", "palisaded's xDS address")
@@ -26,6 +27,9 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	name := fs.String("name", "", "workload name used in the default node ID (default: the host name)")
 	adminPort := fs.Uint("admin-port", 15000, "envoy: admin port on 127.0.0.1")
 	delta := fs.Bool("delta", false, "envoy: use delta xDS")
+	fs.StringVar(&o.SDSSocket, "sds-socket", xds.DefaultSDSSocket, "envoy: the agent's Unix socket serving SDS (the sds-grpc cluster)")
+	fs.StringVar(&o.CertDir, "cert-dir", "", "grpc: directory of the certificate files palisade-agent writes ("+xds.CertChainFile+", "+xds.KeyFile+", "+xds.RootCertFile+");\nadds the certificate provider \"default\" that mutual TLS needs (without it, the app rejects\nconfiguration asking for mutual TLS)")
+	fs.DurationVar(&o.CertRefresh, "cert-refresh", xds.DefaultCertRefresh, "grpc: how often the app rereads the files in --cert-dir")
 	out := fs.String("o", "-", "output file, - for standard output")
 	if pos, err := parse(fs, args); err != nil {
 		return err
@@ -45,6 +49,11 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	var data []byte
 	switch *kind {
 	case "grpc":
+		if o.CertDir != "" {
+			if o.CertDir, err = filepath.Abs(o.CertDir); err != nil {
+				return err
+			}
+		}
 		data, err = xds.GRPCBootstrap(o)
 	case "envoy":
 		if *adminPort == 0 || *adminPort > 65535 {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,5 +124,39 @@ func TestBootstrapEnvoyIsValid(t *testing.T) {
 func TestBootstrapRejectsBadLabels(t *testing.T) {
 	if code, _, errOut := runCLI("bootstrap", "--labels", "novalue"); code != 2 || !strings.Contains(errOut, `"novalue" is not k=v`) {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestBootstrapGRPCCertDir(t *testing.T) {
+	code, out, errOut := runCLI("bootstrap", "--cert-dir", "/var/run/palisade/certs", "--cert-refresh", "90s")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var b struct {
+		Providers map[string]struct {
+			Plugin string            `json:"plugin_name"`
+			Config map[string]string `json:"config"`
+		} `json:"certificate_providers"`
+	}
+	if err := json.Unmarshal([]byte(out), &b); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	p := b.Providers[xds.CertProviderInstance]
+	want := map[string]string{
+		"certificate_file":    "/var/run/palisade/certs/cert-chain.pem",
+		"private_key_file":    "/var/run/palisade/certs/key.pem",
+		"ca_certificate_file": "/var/run/palisade/certs/root-cert.pem",
+		"refresh_interval":    "90s",
+	}
+	if p.Plugin != "file_watcher" || !maps.Equal(p.Config, want) {
+		t.Fatalf("certificate provider %q = %+v, want file_watcher with %v", xds.CertProviderInstance, p, want)
+	}
+	if _, _, errOut := runCLI("bootstrap", "--help"); !strings.Contains(errOut, "--cert-dir") && !strings.Contains(errOut, "-cert-dir") {
+		t.Errorf("--help does not describe --cert-dir:\n%s", errOut)
+	}
+	// Without --cert-dir, no certificate providers.
+	_, out, _ = runCLI("bootstrap")
+	if strings.Contains(out, "certificate_providers") {
+		t.Errorf("certificate providers without --cert-dir:\n%s", out)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	security "istio.io/api/security/v1beta1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -88,13 +89,12 @@ func decodeDocument(src Source, doc []byte) (obj Object, skip string, err error)
 		return obj, "", errors.New("apiVersion and kind are required")
 	}
 	spec := newSpec(obj.Kind)
-	if group != NetworkingGroup || spec == nil {
+	info, known := kinds[obj.Kind]
+	if !known || group != info.group || spec == nil {
 		return obj, fmt.Sprintf("kind %s in %s is not read by Palisade; skipped", env.Kind, env.APIVersion), nil
 	}
-	switch version {
-	case "v1", "v1beta1", "v1alpha3":
-	default:
-		return obj, "", fmt.Errorf("unsupported apiVersion %s (use %s/v1)", env.APIVersion, NetworkingGroup)
+	if !slices.Contains(info.versions, version) {
+		return obj, "", fmt.Errorf("unsupported apiVersion %s (use %s/v1)", env.APIVersion, info.group)
 	}
 	if err := validateObjectName(obj.Name, obj.Namespace); err != nil {
 		return obj, "", err
@@ -128,6 +128,12 @@ func normalizedSpec(raw json.RawMessage, spec proto.Message) ([]byte, error) {
 	}
 	var errs []error
 	normalizeDurations(spec.ProtoReflect().Descriptor(), v, "spec", &errs)
+	if _, ok := spec.(*security.PeerAuthentication); ok {
+		// Decoded, an empty map is no map: Istio's rule against it is checked here.
+		if m, ok := v.(map[string]any)["portLevelMtls"].(map[string]any); ok && len(m) == 0 {
+			errs = append(errs, errors.New("spec.portLevelMtls: if set, it must name at least one port"))
+		}
+	}
 	if len(errs) > 0 {
 		// Map iteration found them in random order; report them in a stable one.
 		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })

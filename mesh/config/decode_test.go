@@ -48,6 +48,15 @@ spec:
   host: reviews
   subsets: [{name: v1, labels: {version: v1}}]
 `
+	peerAuthentication = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: DISABLE}
+`
 )
 
 func TestDecodeValid(t *testing.T) {
@@ -60,6 +69,12 @@ func TestDecodeValid(t *testing.T) {
 		{"WorkloadEntry", workloadEntry, config.Key{Kind: config.KindWorkloadEntry, Namespace: "shop", Name: "reviews-v1"}},
 		{"VirtualService", virtualService, config.Key{Kind: config.KindVirtualService, Namespace: "shop", Name: "reviews"}},
 		{"DestinationRule", destinationRule, config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
+		{"PeerAuthentication", peerAuthentication, config.Key{Kind: config.KindPeerAuthentication, Namespace: "shop", Name: "reviews"}},
+		{"PeerAuthentication v1beta1", strings.Replace(peerAuthentication, "/v1\n", "/v1beta1\n", 1), config.Key{Kind: config.KindPeerAuthentication, Namespace: "shop", Name: "reviews"}},
+		{"namespace-wide PeerAuthentication", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+			config.Key{Kind: config.KindPeerAuthentication, Namespace: "shop", Name: "default"}},
+		{"PeerAuthentication with an empty spec", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {}\n",
+			config.Key{Kind: config.KindPeerAuthentication, Namespace: "shop", Name: "default"}},
 		{"v1beta1", strings.Replace(destinationRule, "/v1\n", "/v1beta1\n", 1), config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
 		{"v1alpha3", strings.Replace(destinationRule, "/v1\n", "/v1alpha3\n", 1), config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
 		{"default namespace", strings.Replace(destinationRule, ", namespace: shop", "", 1), config.Key{Kind: config.KindDestinationRule, Namespace: config.DefaultNamespace, Name: "reviews"}},
@@ -160,7 +175,7 @@ func TestDecodeInvalid(t *testing.T) {
 		}
 		return out
 	}
-	const se, we, vs, dr = serviceEntry, workloadEntry, virtualService, destinationRule
+	const se, we, vs, dr, pa = serviceEntry, workloadEntry, virtualService, destinationRule, peerAuthentication
 	tests := []struct {
 		name string
 		doc  string
@@ -224,6 +239,18 @@ func TestDecodeInvalid(t *testing.T) {
 		{"DR duplicate subset", replace(dr, "subsets: [{name: v1, labels: {version: v1}}]",
 			"subsets: [{name: v1}, {name: v1}]"), "spec.subsets[1].name"},
 		{"DR bad subset name", replace(dr, "name: v1", "name: V_1"), "spec.subsets[0].name"},
+		{"PA unsupported version", replace(pa, "security.istio.io/v1\n", "security.istio.io/v1alpha3\n"), "apiVersion"},
+		{"PA unknown mode", replace(pa, "mode: STRICT", "mode: STRICTER"), "spec.mtls.mode"},
+		{"PA mode number", replace(pa, "mode: STRICT", "mode: 7"), "spec.mtls.mode"},
+		{"PA unknown port mode", replace(pa, "mode: DISABLE", "mode: OFF"), "spec.portLevelMtls[8080].mode"},
+		{"PA port-level without selector", replace(pa, "  selector: {matchLabels: {app: reviews}}\n", ""), "spec.portLevelMtls"},
+		{"PA empty selector", replace(pa, "{matchLabels: {app: reviews}}", "{}"), "spec.selector.matchLabels"},
+		{"PA wildcard in selector", replace(pa, "app: reviews", "app: '*'"), "spec.selector.matchLabels[app]"},
+		{"PA port 0", replace(pa, "8080:", "0:"), "spec.portLevelMtls[0]"},
+		{"PA port out of range", replace(pa, "8080:", "70000:"), "spec.portLevelMtls[70000]"},
+		{"PA empty port-level", replace(pa, "  portLevelMtls:\n    8080: {mode: DISABLE}\n", "  portLevelMtls: {}\n"), "spec.portLevelMtls"},
+		{"PA unknown field", replace(pa, "mtls:", "mTLS:"), "mTLS"},
+
 		{"DR port settings without port", replace(dr, "subsets:", "trafficPolicy: {portLevelSettings: [{}]}\n  subsets:"),
 			"spec.trafficPolicy.portLevelSettings[0].port"},
 	}

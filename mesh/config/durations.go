@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -15,8 +16,9 @@ import (
 // normalizeDurations rewrites duration strings in Go notation ("500ms", "1m30s"),
 // which Istio accepts, into the protobuf JSON form ("0.500s") that protojson reads.
 // v is a decoded JSON value of message type md found at field path path; it is
-// changed in place. A value that is a duration in neither form is added to errs with
-// its field path, which protojson's own error would not name.
+// changed in place. A value that is a duration in neither form, or an enum value
+// that is not one of the enum's names, is added to errs with its field path, which
+// protojson's own error would not name.
 func normalizeDurations(md protoreflect.MessageDescriptor, v any, path string, errs *[]error) {
 	obj, ok := v.(map[string]any)
 	if !ok {
@@ -28,7 +30,13 @@ func normalizeDurations(md protoreflect.MessageDescriptor, v any, path string, e
 		if fd == nil {
 			fd = fields.ByTextName(key)
 		}
-		if fd == nil || fd.Message() == nil {
+		if fd == nil {
+			continue
+		}
+		if checkEnums(fd, val, path+"."+key, errs) {
+			continue
+		}
+		if fd.Message() == nil {
 			continue
 		}
 		elem := fd.Message()
@@ -94,4 +102,52 @@ func normalizeDuration(x any) (any, error) {
 		return x, fmt.Errorf("%q is not a duration such as 1.5s or 500ms", s)
 	}
 	return s, nil
+}
+
+// checkEnums reports enum values of field fd (a single value, a list or a map's
+// values) that name no value of the enum, and whether fd holds enums at all.
+func checkEnums(fd protoreflect.FieldDescriptor, val any, field string, errs *[]error) bool {
+	ed := fd.Enum()
+	if fd.IsMap() {
+		ed = fd.MapValue().Enum()
+	}
+	if ed == nil {
+		return false
+	}
+	check := func(field string, x any) {
+		var got string
+		switch x := x.(type) {
+		case nil, float64:
+			return // null, or a number: protojson's and the validator's to judge
+		case string:
+			if ed.Values().ByName(protoreflect.Name(x)) != nil {
+				return
+			}
+			got = strconv.Quote(x)
+		default: // YAML reads an unquoted on/off/yes/no as a boolean
+			got = fmt.Sprint(x)
+		}
+		names := make([]string, ed.Values().Len())
+		for i := range names {
+			names[i] = string(ed.Values().Get(i).Name())
+		}
+		*errs = append(*errs, fmt.Errorf("%s: unknown value %s (use one of %s)", field, got, strings.Join(names, ", ")))
+	}
+	switch {
+	case fd.IsList():
+		if list, ok := val.([]any); ok {
+			for i, x := range list {
+				check(fmt.Sprintf("%s[%d]", field, i), x)
+			}
+		}
+	case fd.IsMap():
+		if m, ok := val.(map[string]any); ok {
+			for k, x := range m {
+				check(fmt.Sprintf("%s[%s]", field, k), x)
+			}
+		}
+	default:
+		check(field, val)
+	}
+	return true
 }

@@ -1,5 +1,5 @@
 // Package config decodes and validates the configuration objects Palisade accepts
-// (Istio's networking.istio.io/v1 kinds). It is shared by every config source and by
+// (Istio's networking.istio.io/v1 kinds and security.istio.io/v1 PeerAuthentication). It is shared by every config source and by
 // `palisadectl analyze`, so that a file, the Kubernetes API and the CLI agree on what
 // is valid.
 package config
@@ -9,22 +9,44 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 )
 
 // Kind names a supported object kind.
 type Kind string
 
-// The kinds Palisade reads. All belong to the networking.istio.io group; v1, v1beta1
-// and v1alpha3 are accepted since they share one schema.
+// The kinds Palisade reads: those of the networking.istio.io group (v1, v1beta1 and
+// v1alpha3 are accepted since they share one schema) and PeerAuthentication of the
+// security.istio.io group (v1 and v1beta1).
 const (
-	KindServiceEntry    Kind = "ServiceEntry"
-	KindWorkloadEntry   Kind = "WorkloadEntry"
-	KindVirtualService  Kind = "VirtualService"
-	KindDestinationRule Kind = "DestinationRule"
+	KindServiceEntry       Kind = "ServiceEntry"
+	KindWorkloadEntry      Kind = "WorkloadEntry"
+	KindVirtualService     Kind = "VirtualService"
+	KindDestinationRule    Kind = "DestinationRule"
+	KindPeerAuthentication Kind = "PeerAuthentication"
 )
 
-// NetworkingGroup is the API group of the supported kinds.
-const NetworkingGroup = "networking.istio.io"
+// The API groups of the supported kinds.
+const (
+	NetworkingGroup = "networking.istio.io"
+	SecurityGroup   = "security.istio.io"
+)
+
+// kindInfo says which group a kind belongs to and which versions of it are read.
+type kindInfo struct {
+	group    string
+	versions []string
+}
+
+var kinds = map[Kind]kindInfo{
+	KindServiceEntry:       {NetworkingGroup, networkingVersions},
+	KindWorkloadEntry:      {NetworkingGroup, networkingVersions},
+	KindVirtualService:     {NetworkingGroup, networkingVersions},
+	KindDestinationRule:    {NetworkingGroup, networkingVersions},
+	KindPeerAuthentication: {SecurityGroup, []string{"v1", "v1beta1"}},
+}
+
+var networkingVersions = []string{"v1", "v1beta1", "v1alpha3"}
 
 // newSpec returns an empty spec message for a kind, or nil for an unsupported kind.
 func newSpec(k Kind) proto.Message {
@@ -37,6 +59,8 @@ func newSpec(k Kind) proto.Message {
 		return &networking.VirtualService{}
 	case KindDestinationRule:
 		return &networking.DestinationRule{}
+	case KindPeerAuthentication:
+		return &security.PeerAuthentication{}
 	}
 	return nil
 }
@@ -77,7 +101,7 @@ type Object struct {
 	Key
 	Labels map[string]string
 	Source Source
-	Spec   proto.Message // *networking.ServiceEntry, *networking.VirtualService, ...
+	Spec   proto.Message // *networking.ServiceEntry, ..., *security.PeerAuthentication
 }
 
 // Severity of a diagnostic.

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	networking "istio.io/api/networking/v1alpha3"
+	security "istio.io/api/security/v1beta1"
 )
 
 // Validate checks an object's spec against the rules Istio documents for its kind.
@@ -26,6 +27,8 @@ func Validate(obj Object) error {
 		v.virtualService(s)
 	case *networking.DestinationRule:
 		v.destinationRule(s)
+	case *security.PeerAuthentication:
+		v.peerAuthentication(s)
 	default:
 		return fmt.Errorf("unsupported spec type %T", obj.Spec)
 	}
@@ -350,5 +353,40 @@ func (v *validator) trafficPolicy(f string, tp *networking.TrafficPolicy) {
 			continue
 		}
 		v.port(pf+".port.number", pl.Port.Number)
+	}
+}
+
+// peerAuthentication applies Istio's rules: port-level settings only with a selector
+// (they name ports of the selected workloads), a selector names at least one label,
+// without wildcards, and modes are known values.
+func (v *validator) peerAuthentication(s *security.PeerAuthentication) {
+	if sel := s.Selector; sel != nil {
+		if len(sel.MatchLabels) == 0 {
+			v.errorf("spec.selector.matchLabels", "a selector needs at least one label (leave the selector out for a namespace-wide policy)")
+		}
+		for _, k := range sortedKeys(sel.MatchLabels) {
+			f := fmt.Sprintf("spec.selector.matchLabels[%s]", k)
+			switch {
+			case k == "":
+				v.errorf(f, "a label name must not be empty")
+			case strings.Contains(k, "*") || strings.Contains(sel.MatchLabels[k], "*"):
+				v.errorf(f, "wildcards are not supported in selectors")
+			}
+		}
+	}
+	v.mtlsMode("spec.mtls.mode", s.Mtls)
+	if len(s.PortLevelMtls) > 0 && len(s.Selector.GetMatchLabels()) == 0 {
+		v.errorf("spec.portLevelMtls", "port-level mTLS needs a selector: a mesh- or namespace-wide policy cannot have it")
+	}
+	for _, port := range slices.Sorted(maps.Keys(s.PortLevelMtls)) {
+		f := fmt.Sprintf("spec.portLevelMtls[%d]", port)
+		v.port(f, port)
+		v.mtlsMode(f+".mode", s.PortLevelMtls[port])
+	}
+}
+
+func (v *validator) mtlsMode(f string, m *security.PeerAuthentication_MutualTLS) {
+	if mode := m.GetMode(); security.PeerAuthentication_MutualTLS_Mode_name[int32(mode)] == "" {
+		v.errorf(f, "unknown mode %d (use UNSET, DISABLE, PERMISSIVE or STRICT)", mode)
 	}
 }

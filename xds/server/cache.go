@@ -43,6 +43,9 @@ type CacheConfig struct {
 	Metrics *Metrics
 	// Throttle bounds full pushes in flight (see pushThrottle); nil means no bound.
 	Throttle *pushThrottle
+	// TrustDomain of the mesh's workload identities, checked in peers' certificates;
+	// "" means xds.DefaultTrustDomain (cluster.local).
+	TrustDomain string
 }
 
 // Cache turns the current mesh snapshot into answers to xDS watches.
@@ -50,6 +53,7 @@ type Cache struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	throttle *pushThrottle
+	opts     xds.Options
 
 	mu      sync.Mutex
 	state   *state
@@ -61,16 +65,19 @@ type Cache struct {
 type changeRecord struct {
 	seq     uint64
 	changed map[string]map[string]struct{}
+	// serverListeners: every proxyless server listener may have changed (they are
+	// made on request, so their names are not known).
+	serverListeners bool
 }
 
 // changeHistory bounds the changes remembered per view; a delta client further
 // behind is sent everything again.
 const changeHistory = 64
 
-func (c *Cache) recordChanges(k viewKey, seq uint64, changed map[string]map[string]struct{}) {
+func (c *Cache) recordChanges(k viewKey, seq uint64, changed map[string]map[string]struct{}, serverListeners bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	log := append(c.changes[k], changeRecord{seq, changed})
+	log := append(c.changes[k], changeRecord{seq, changed, serverListeners})
 	if len(log) > changeHistory {
 		log = slices.Clone(log[len(log)-changeHistory:])
 	}
@@ -78,31 +85,34 @@ func (c *Cache) recordChanges(k viewKey, seq uint64, changed map[string]map[stri
 }
 
 // changedSince returns the names of a type changed in a view after generation base
-// up to now, or false if some of those changes are not remembered.
-func (c *Cache) changedSince(k viewKey, typeURL string, base, now uint64) (map[string]struct{}, bool) {
+// up to now, and whether every server listener may have changed, or false if some
+// of those changes are not remembered.
+func (c *Cache) changedSince(k viewKey, typeURL string, base, now uint64) (map[string]struct{}, bool, bool) {
 	out := map[string]struct{}{}
 	if base == now {
-		return out, true
+		return out, false, true
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	want := base + 1
+	serverListeners := false
 	for _, r := range c.changes[k] {
 		if r.seq < want {
 			continue
 		}
 		if r.seq != want {
-			return nil, false // a gap
+			return nil, false, false // a gap
 		}
 		for name := range r.changed[typeURL] {
 			out[name] = struct{}{}
 		}
+		serverListeners = serverListeners || (r.serverListeners && typeURL == resource.ListenerType)
 		if want == now {
-			return out, true
+			return out, serverListeners, true
 		}
 		want++
 	}
-	return nil, false
+	return nil, false, false
 }
 
 // state is one snapshot and the translations made from it, created on demand.
@@ -128,7 +138,12 @@ type generated struct {
 	// previous state's translation of the same view. Nil when that translation was
 	// not made: then every watch is evaluated in full.
 	changed map[string]map[string]struct{}
+	// serverListenersChanged: every server listener may differ from the previous
+	// state's (the inbound policies changed); meaningful when changed is not nil.
+	serverListenersChanged bool
 
+	target          xds.Target // what server listeners are made for, and how
+	opts            xds.Options
 	serverMu        sync.Mutex
 	serverListeners map[string]*entry // proxyless server listeners by requested name
 }
@@ -146,7 +161,10 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Cache{log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, watches: map[*watch]struct{}{}, changes: map[viewKey][]changeRecord{}}
+	return &Cache{
+		log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, opts: xds.Options{TrustDomain: cfg.TrustDomain},
+		watches: map[*watch]struct{}{}, changes: map[viewKey][]changeRecord{},
+	}
 }
 
 var _ cache.Cache = (*Cache)(nil)
@@ -191,7 +209,7 @@ func (c *Cache) Resources(p *mesh.Proxy) (*xds.Resources, uint64, error) {
 	if st == nil {
 		return nil, 0, errors.New("no configuration loaded yet")
 	}
-	return st.view(keyOf(p), c).res, st.snap.Version, nil
+	return st.view(keyOf(st.snap, p), c).res, st.snap.Version, nil
 }
 
 func (st *state) view(k viewKey, c *Cache) *generated {
@@ -211,9 +229,14 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 			if pg = prev.finishedView(k); pg != nil {
 				memo = pg.memo
 				g.changed = map[string]map[string]struct{}{}
+			} else {
+				// A new variant of a namespace and kind (a policy now selects other
+				// workloads): a sibling's memo still spares what the variants share.
+				memo = prev.siblingMemo(k)
 			}
 		}
-		g.res, g.memo = xds.GenerateWith(st.snap.ViewFor(k.namespace), k.kind, memo)
+		g.target, g.opts = k.target(st.snap), c.opts
+		g.res, g.memo = xds.GenerateWith(st.snap.ViewFor(k.namespace), g.target, c.opts, memo)
 		g.types = make(map[string]map[string]*entry, len(xds.TypeURLs))
 		for _, typeURL := range xds.TypeURLs {
 			m := map[string]*entry{}
@@ -256,7 +279,9 @@ func (st *state) view(k viewKey, c *Cache) *generated {
 			}
 		}
 		if g.changed != nil {
-			c.recordChanges(k, st.seq, g.changed)
+			// Server listeners read the effective policy (and the key's TLS mode).
+			g.serverListenersChanged = k.kind == mesh.KindProxyless && !g.target.Policies.Effective().Equal(pg.target.Policies.Effective())
+			c.recordChanges(k, st.seq, g.changed, g.serverListenersChanged)
 		}
 		timer.done()
 	})
@@ -279,9 +304,35 @@ func (st *state) finishedView(k viewKey) *generated {
 	}
 }
 
+// siblingMemo returns the memo of a finished translation of another view of k's
+// namespace and kind, or nil.
+func (st *state) siblingMemo(k viewKey) *xds.Memo {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for sk, g := range st.views {
+		if sk.namespace != k.namespace || sk.kind != k.kind {
+			continue
+		}
+		select {
+		case <-g.done:
+			return g.memo
+		default:
+		}
+	}
+	return nil
+}
+
 // touches reports whether a change since the previous state may concern a
 // subscription of the type.
 func (g *generated) touches(typeURL string, sub cache.Subscription) bool {
+	subscribed := sub.SubscribedResources()
+	if typeURL == resource.ListenerType && g.serverListenersChanged {
+		for name := range subscribed {
+			if xds.IsServerListener(name) {
+				return true
+			}
+		}
+	}
 	changed := g.changed[typeURL]
 	if len(changed) == 0 {
 		return false
@@ -289,7 +340,6 @@ func (g *generated) touches(typeURL string, sub cache.Subscription) bool {
 	if sub.IsWildcard() {
 		return true
 	}
-	subscribed := sub.SubscribedResources()
 	if len(subscribed) < len(changed) {
 		for name := range subscribed {
 			if _, ok := changed[name]; ok {
@@ -323,7 +373,8 @@ func newEntry(typeURL, name string, r types.Resource) (*entry, error) {
 }
 
 // lookup returns the resource of a type by name, including proxyless server
-// listeners, which are made on request from the address in their name.
+// listeners, which are made on request from the address in their name and the
+// view's target.
 func (g *generated) lookup(typeURL, name string, kind mesh.ProxyKind) *entry {
 	if e := g.types[typeURL][name]; e != nil {
 		return e
@@ -337,7 +388,7 @@ func (g *generated) lookup(typeURL, name string, kind mesh.ProxyKind) *entry {
 		return e
 	}
 	var e *entry
-	if l, err := xds.ProxylessServerListener(name); err == nil {
+	if l, err := xds.ProxylessServerListener(g.target, g.opts, name); err == nil {
 		e, _ = newEntry(typeURL, name, l)
 	}
 	g.serverListeners[name] = e // nil is remembered too: a bad name stays bad
@@ -374,8 +425,9 @@ type watch struct {
 	delta     *discovery.DeltaDiscoveryRequest
 	deltaCh   chan cache.DeltaResponse
 	mu        sync.Mutex
-	responded bool   // or cancelled: the watch is spent
-	evaluated uint64 // seq of the last state the watch was evaluated against
+	responded bool    // or cancelled: the watch is spent
+	evaluated uint64  // seq of the last state the watch was evaluated against
+	key       viewKey // the proxy's view in that state
 }
 
 func (w *watch) nonce() string {
@@ -461,14 +513,17 @@ func (c *Cache) evaluate(st *state, w *watch) bool {
 	if !slices.Contains(xds.TypeURLs, w.typeURL()) {
 		return false // a type we do not serve: leave the watch open, as the protocol allows
 	}
-	g := st.view(keyOf(w.proxy), c)
+	k := keyOf(st.snap, w.proxy)
+	g := st.view(k, c)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.responded || w.evaluated >= st.seq {
 		return false // spent, or already evaluated against this state or a newer one
 	}
-	incremental := w.evaluated != 0 && w.evaluated == st.seq-1 && g.changed != nil
-	w.evaluated = st.seq
+	// What changed in the view is what changed for the proxy only if the proxy had
+	// the same view before (a policy change can move it to another).
+	incremental := w.evaluated != 0 && w.evaluated == st.seq-1 && w.key == k && g.changed != nil
+	w.evaluated, w.key = st.seq, k
 	if incremental && !g.touches(w.typeURL(), w.sub) {
 		return false
 	}
@@ -476,7 +531,7 @@ func (c *Cache) evaluate(st *state, w *watch) bool {
 	if w.sotw != nil {
 		sent = c.answerSotw(g, w)
 	} else {
-		sent = c.answerDelta(g, w)
+		sent = c.answerDelta(g, k, w)
 	}
 	if sent {
 		w.responded = true
@@ -543,8 +598,9 @@ func sotwVersion(entries []*entry, sub cache.Subscription) string {
 }
 
 // deltaBaseKey is the entry of a delta stream's returned-resources map that names the
-// generation (state seq) whose versions the proxy has for every resource it
-// subscribes to; other entries override it for one name. Resource names are never
+// generation (state seq) and the view variant (viewKey.variant, after a "|") whose
+// versions the proxy has for every resource it subscribes to; other entries override
+// it for one name. Resource names are never
 // empty. One entry per stream and type, instead of one per resource, keeps a large
 // fleet subscribed to a large mesh from holding a version map per proxy.
 const deltaBaseKey = ""
@@ -552,10 +608,10 @@ const deltaBaseKey = ""
 // answerDelta sends the resources whose version differs from what the client has,
 // and the removal of those it may have that no longer exist. A NACKed version counts
 // as had: it is not resent until it changes.
-func (c *Cache) answerDelta(g *generated, w *watch) bool {
+func (c *Cache) answerDelta(g *generated, k viewKey, w *watch) bool {
 	typeURL := w.delta.GetTypeUrl()
 	entries := g.selected(typeURL, w.sub, w.proxy.Kind)
-	had := c.deltaKnowledge(g, w, typeURL)
+	had := c.deltaKnowledge(g, k, w, typeURL)
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}
 	for _, e := range entries {
 		if v, ok := had.version(e.name, e); !ok || v != e.version {
@@ -575,7 +631,7 @@ func (c *Cache) answerDelta(g *generated, w *watch) bool {
 		return false
 	}
 	resp.SystemVersionInfo = sotwVersion(entries, w.sub)
-	next := map[string]string{deltaBaseKey: strconv.FormatUint(g.seq, 10)}
+	next := map[string]string{deltaBaseKey: strconv.FormatUint(g.seq, 10) + "|" + k.variant()}
 	w.deltaCh <- &cache.DeltaPassthroughResponse{DeltaRequest: w.delta, NextVersionMap: next, DeltaDiscoveryResponse: resp}
 	return true
 }
@@ -585,19 +641,25 @@ type deltaKnowledge struct {
 	returned map[string]string   // explicit versions (and the base entry)
 	based    bool                // the client has the base generation for the rest
 	stale    map[string]struct{} // changed since the base, or newly subscribed
+	// staleServerListeners: every server listener may have changed since the base.
+	staleServerListeners bool
 }
 
-func (c *Cache) deltaKnowledge(g *generated, w *watch, typeURL string) deltaKnowledge {
+func (c *Cache) deltaKnowledge(g *generated, vk viewKey, w *watch, typeURL string) deltaKnowledge {
 	k := deltaKnowledge{returned: w.sub.ReturnedResources()}
 	baseStr, ok := k.returned[deltaBaseKey]
 	if !ok {
 		return k
 	}
-	base, err := strconv.ParseUint(baseStr, 10, 64)
+	seq, variant, _ := strings.Cut(baseStr, "|")
+	if variant != vk.variant() {
+		return k // the client has another view's resources: resend everything
+	}
+	base, err := strconv.ParseUint(seq, 10, 64)
 	if err != nil {
 		return k
 	}
-	stale, ok := c.changedSince(keyOf(w.proxy), typeURL, base, g.seq)
+	stale, serverListeners, ok := c.changedSince(vk, typeURL, base, g.seq)
 	if !ok {
 		return k // the changes since the base are no longer known: resend everything
 	}
@@ -606,7 +668,7 @@ func (c *Cache) deltaKnowledge(g *generated, w *watch, typeURL string) deltaKnow
 	for _, name := range w.delta.GetResourceNamesSubscribe() {
 		stale[name] = struct{}{}
 	}
-	k.based, k.stale = true, stale
+	k.based, k.stale, k.staleServerListeners = true, stale, serverListeners
 	return k
 }
 
@@ -618,7 +680,7 @@ func (k deltaKnowledge) version(name string, e *entry) (string, bool) {
 	if !k.based {
 		return "", false
 	}
-	if _, stale := k.stale[name]; stale {
+	if _, stale := k.stale[name]; stale || (k.staleServerListeners && xds.IsServerListener(name)) {
 		return "", false
 	}
 	return e.version, true // unchanged since the base, which the client has

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -23,8 +24,9 @@ type ConfigDump struct {
 
 // DebugHandler serves /debug/syncz and /debug/config_dump.
 //
-// config_dump takes ?node=ID for a connected proxy, or ?namespace=NS&kind=sidecar|proxyless
-// to see what any proxy there would get.
+// config_dump takes ?node=ID for a connected proxy, or
+// ?namespace=NS&kind=sidecar|proxyless[&labels=k=v,k=v] to see what a proxy there
+// (of a workload with those labels) would get.
 func (s *Server) DebugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /debug/syncz", func(w http.ResponseWriter, r *http.Request) {
@@ -37,13 +39,24 @@ func (s *Server) DebugHandler() http.Handler {
 func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	p := &mesh.Proxy{ID: q.Get("node"), Namespace: q.Get("namespace"), Kind: mesh.ProxyKind(q.Get("kind"))}
+	if labels := q.Get("labels"); labels != "" {
+		p.Labels = map[string]string{}
+		for _, kv := range strings.Split(labels, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				http.Error(w, fmt.Sprintf("labels: %q is not k=v", kv), http.StatusBadRequest)
+				return
+			}
+			p.Labels[k] = v
+		}
+	}
 	if p.Namespace == "" {
 		ps, ok := s.tracker.proxy(p.ID)
 		if !ok {
-			http.Error(w, fmt.Sprintf("no connected proxy has node ID %q; pass ?node=ID of a connected proxy, or ?namespace=NS&kind=sidecar|proxyless", p.ID), http.StatusNotFound)
+			http.Error(w, fmt.Sprintf("no connected proxy has node ID %q; pass ?node=ID of a connected proxy, or ?namespace=NS&kind=sidecar|proxyless[&labels=k=v,...]", p.ID), http.StatusNotFound)
 			return
 		}
-		p.Namespace, p.Kind = ps.Namespace, mesh.ProxyKind(ps.Kind)
+		p.Namespace, p.Kind, p.Labels = ps.Namespace, mesh.ProxyKind(ps.Kind), ps.Labels
 	}
 	switch p.Kind {
 	case "":

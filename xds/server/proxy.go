@@ -3,12 +3,14 @@ package server
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/palisade-mesh/palisade/mesh"
+	"github.com/palisade-mesh/palisade/mesh/config"
 	"github.com/palisade-mesh/palisade/xds"
 )
 
@@ -61,10 +63,43 @@ func stringMap(s *structpb.Struct) map[string]string {
 }
 
 // viewKey is everything the generator reads about a proxy: proxies with the same key
-// share one translation.
+// share one translation. Besides the namespace and kind, that is what its inbound
+// configuration depends on (xds.Target): the workload-level PeerAuthentication
+// selecting it, by key (an edited policy keeps its proxies' translation, and its
+// memo), and, for proxyless gRPC, whether it is labelled tlsMode=istio. Proxies of a
+// namespace with the same effective policy therefore share one translation, and a
+// policy change re-translates the inbound configuration of the views it selects.
 type viewKey struct {
 	namespace string
 	kind      mesh.ProxyKind
+	policy    config.Key // zero: no workload-level policy
+	istioTLS  bool
 }
 
-func keyOf(p *mesh.Proxy) viewKey { return viewKey{namespace: p.Namespace, kind: p.Kind} }
+// keyOf returns the view of a proxy in a snapshot.
+func keyOf(snap *mesh.Snapshot, p *mesh.Proxy) viewKey {
+	t := xds.TargetFor(snap.PeerAuthentications, p)
+	k := viewKey{namespace: p.Namespace, kind: t.Kind, istioTLS: t.IstioTLSMode}
+	if w := t.Policies.Workload; w != nil {
+		k.policy = w.Key
+	}
+	return k
+}
+
+// target is the translation target of the key's proxies in a snapshot.
+func (k viewKey) target(snap *mesh.Snapshot) xds.Target {
+	t := xds.Target{Kind: k.kind, Policies: snap.PeerAuthentications.ForNamespace(k.namespace), IstioTLSMode: k.istioTLS}
+	if k.namespace != mesh.RootNamespace {
+		t.Policies.Workload = snap.PeerAuthentications.ByKey(k.policy)
+	}
+	return t
+}
+
+// variant tells apart the views of one namespace and kind, as a string recorded in
+// delta streams' state.
+func (k viewKey) variant() string {
+	if k.policy == (config.Key{}) && !k.istioTLS {
+		return ""
+	}
+	return k.policy.Namespace + "/" + k.policy.Name + "/" + strconv.FormatBool(k.istioTLS)
+}

@@ -25,6 +25,10 @@ type Config struct {
 	// MaxFullPushes bounds the full pushes (first requests, new subscriptions) in
 	// flight at once; 0 means DefaultMaxFullPushes, negative means no bound.
 	MaxFullPushes int
+	// TrustDomain of the mesh's workload identities (spiffe://TRUST_DOMAIN/ns/NS/sa/SA):
+	// generated mutual TLS configuration accepts peers of this trust domain. ""
+	// means xds.DefaultTrustDomain, cluster.local.
+	TrustDomain string
 }
 
 // DefaultMaxFullPushes bounds reconnect storms; Istio's push throttle defaults to 100.
@@ -52,7 +56,7 @@ func New(cfg Config) *Server {
 	throttle := newPushThrottle(cfg.MaxFullPushes, pushAckTimeout)
 	return &Server{
 		cfg:     cfg,
-		cache:   NewCache(CacheConfig{Logger: cfg.Logger, Metrics: m, Throttle: throttle}),
+		cache:   NewCache(CacheConfig{Logger: cfg.Logger, Metrics: m, Throttle: throttle, TrustDomain: cfg.TrustDomain}),
 		tracker: NewTracker(cfg.Logger, m, throttle),
 	}
 }

@@ -175,8 +175,8 @@ func TestDeltaSendsOnlyChangedResources(t *testing.T) {
 		t.Fatal(err)
 	}
 	full := recv(t, stream.Recv)
-	if n := len(full.Resources); n != 50*3+2 {
-		t.Fatalf("wildcard CDS has %d clusters, want %d", n, 50*3+2)
+	if n := len(full.Resources); n != 50*3+3 {
+		t.Fatalf("wildcard CDS has %d clusters, want %d", n, 50*3+3)
 	}
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: full.Nonce}); err != nil {
 		t.Fatal(err)

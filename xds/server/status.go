@@ -39,6 +39,7 @@ type stream struct {
 	node      string
 	namespace string
 	kind      string
+	labels    map[string]string
 	since     time.Time
 	types     map[string]*TypeStatus
 	nonces    map[string]string // nonce → version sent, to name what a NACK rejects
@@ -58,13 +59,14 @@ type TypeStatus struct {
 
 // ProxyStatus is one connected stream as /debug/syncz shows it.
 type ProxyStatus struct {
-	Node      string       `json:"node"`
-	Namespace string       `json:"namespace,omitempty"`
-	Kind      string       `json:"kind,omitempty"`
-	Protocol  string       `json:"protocol"`
-	Peer      string       `json:"peer,omitempty"`
-	Since     time.Time    `json:"connected_since"`
-	Types     []TypeStatus `json:"types"`
+	Node      string            `json:"node"`
+	Namespace string            `json:"namespace,omitempty"`
+	Kind      string            `json:"kind,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Protocol  string            `json:"protocol"`
+	Peer      string            `json:"peer,omitempty"`
+	Since     time.Time         `json:"connected_since"`
+	Types     []TypeStatus      `json:"types"`
 }
 
 // NewTracker returns an empty tracker. It frees the push throttle's slots as proxies
@@ -84,7 +86,7 @@ func (t *Tracker) Status() []ProxyStatus {
 	defer t.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(t.streams))
 	for k, s := range t.streams {
-		ps := ProxyStatus{Node: s.node, Namespace: s.namespace, Kind: s.kind, Protocol: "sotw", Peer: s.peer, Since: s.since}
+		ps := ProxyStatus{Node: s.node, Namespace: s.namespace, Kind: s.kind, Labels: s.labels, Protocol: "sotw", Peer: s.peer, Since: s.since}
 		if k.delta {
 			ps.Protocol = "delta"
 		}
@@ -131,7 +133,7 @@ func (t *Tracker) request(k streamKey, node *core.Node, typeURL, nonce, ackVersi
 	if node != nil && s.node == "" {
 		s.node = node.GetId()
 		if p, err := ProxyFromNode(node); err == nil {
-			s.namespace, s.kind = p.Namespace, string(p.Kind)
+			s.namespace, s.kind, s.labels = p.Namespace, string(p.Kind), p.Labels
 		}
 	}
 	ts := s.types[typeURL]
