@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,6 +33,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/palisade-mesh/palisade/bench/internal/proc"
 	"github.com/palisade-mesh/palisade/test/meshgen"
 	"github.com/palisade-mesh/palisade/xds"
 )
@@ -63,11 +63,8 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	}
 	defer os.RemoveAll(dir)
 	if binary == "" {
-		binary = filepath.Join(dir, "palisaded")
-		build := exec.Command("go", "build", "-o", binary, "./cmd/palisaded")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("building palisaded (run from the repository root): %w", err)
+		if binary, err = proc.Build(dir, "palisaded"); err != nil {
+			return err
 		}
 	}
 	configDir := filepath.Join(dir, "config")
@@ -79,15 +76,16 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 			return err
 		}
 	}
-	xdsAddr, monAddr := freeAddr(), freeAddr()
-	args := append([]string{"--config-dir", configDir, "--xds-address", xdsAddr, "--monitoring-address", monAddr, "--log-level", "warn"}, extraFlags...)
+	xdsAddr, monAddr := proc.FreeAddr(), proc.FreeAddr()
+	args := append([]string{"--config-dir", configDir, "--xds-address", xdsAddr, "--monitoring-address", monAddr, "--log-level", "warn"}, proc.IsolatedFlags(dir)...)
+	args = append(args, extraFlags...)
 	cmd := exec.Command(binary, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if err := waitReady(monAddr, 30*time.Second); err != nil {
+	if err := proc.WaitReady(monAddr, 30*time.Second); err != nil {
 		return err
 	}
 	fmt.Printf("palisaded pid %d (%s) serving %d services; %d %s delta ADS clients\n", cmd.Process.Pid, strings.Join(extraFlags, " "), services, clients, kind)
@@ -112,7 +110,7 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		cancel()
 		<-errc
 	}
-	fmt.Printf("one client alone, connect → full config: median of 5 %v\n", median(alone).Round(time.Millisecond))
+	fmt.Printf("one client alone, connect → full config: median of 5 %v\n", proc.Median(alone).Round(time.Millisecond))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -145,7 +143,7 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		fullBytes = append(fullBytes, float64(c.bytes.Load()))
 	}
 	fmt.Printf("connect → full config: median %v, p99 %v; full push %.0f bytes per client (%d resources)\n",
-		median(connect), percentile(connect, 0.99), medianF(fullBytes), cs[0].resources.Load())
+		proc.Median(connect), proc.Percentile(connect, 0.99), proc.MedianF(fullBytes), cs[0].resources.Load())
 
 	var latencies, medians []time.Duration
 	var ratios []float64
@@ -178,16 +176,16 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		}
 		all := slices.Max(per)
 		latencies = append(latencies, all)
-		medians = append(medians, median(per))
-		ratios = append(ratios, medianF(sent)/medianF(fullBytes))
+		medians = append(medians, proc.Median(per))
+		ratios = append(ratios, proc.MedianF(sent)/proc.MedianF(fullBytes))
 		fmt.Printf("change %d: all %d clients updated after %v (median client %v); %.0f bytes per client = %.4f%% of a full push\n",
-			n+1, len(cs), all.Round(time.Millisecond), median(per).Round(time.Millisecond), medianF(sent), 100*ratios[n])
+			n+1, len(cs), all.Round(time.Millisecond), proc.Median(per).Round(time.Millisecond), proc.MedianF(sent), 100*ratios[n])
 	}
-	rss, err := procStatus(cmd.Process.Pid, "VmHWM:")
+	rss, err := proc.Status(cmd.Process.Pid, "VmHWM")
 	if err != nil {
 		return err
 	}
-	current, err := procStatus(cmd.Process.Pid, "VmRSS:")
+	current, err := proc.Status(cmd.Process.Pid, "VmRSS")
 	if err != nil {
 		return err
 	}
@@ -200,8 +198,8 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		}
 	}
 	fmt.Printf("\nRESULT services=%d clients=%d kind=%s: change→all clients median %v (p50 per client %v); change bytes %.4f%% of full push; connect→full config alone %v, all %d at once p50 %v p99 %v; palisaded peak RSS %d MB (%d MB at the end)\n",
-		services, clients, kind, median(latencies).Round(time.Millisecond), median(medians).Round(time.Millisecond), 100*medianF(ratios),
-		median(alone).Round(time.Millisecond), clients, median(connect).Round(time.Millisecond), percentile(connect, 0.99).Round(time.Millisecond), rss>>20, current>>20)
+		services, clients, kind, proc.Median(latencies).Round(time.Millisecond), proc.Median(medians).Round(time.Millisecond), 100*proc.MedianF(ratios),
+		proc.Median(alone).Round(time.Millisecond), clients, proc.Median(connect).Round(time.Millisecond), proc.Percentile(connect, 0.99).Round(time.Millisecond), rss>>20, current>>20)
 	cancel()
 	wg.Wait()
 	return nil
@@ -313,30 +311,6 @@ func (c *client) run(ctx context.Context, addr string) error {
 	}
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitReady(addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + addr + "/healthz/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("palisaded not ready within %v", timeout)
-}
-
 // memStats picks the Go runtime's memory figures from palisaded's /metrics.
 func memStats(addr string) (string, error) {
 	resp, err := http.Get("http://" + addr + "/metrics")
@@ -379,33 +353,4 @@ func fetch(url, file string) error {
 		return err
 	}
 	return f.Close()
-}
-
-// procStatus reads a memory figure (VmHWM: peak RSS, VmRSS: current) from /proc.
-func procStatus(pid int, field string) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc status", field)
-}
-
-func median(d []time.Duration) time.Duration { return percentile(d, 0.5) }
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(p*float64(len(s))))]
-}
-
-func medianF(f []float64) float64 {
-	s := slices.Clone(f)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

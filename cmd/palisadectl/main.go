@@ -23,6 +23,7 @@ func commands() []command {
 		{"analyze", "validate a configuration directory offline", runAnalyze},
 		{"proxy-config", "print the configuration a connected proxy gets from palisaded", runProxyConfig},
 		{"bootstrap", "write the bootstrap of a proxyless gRPC app (JSON) or an Envoy sidecar (YAML)", runBootstrap},
+		{"identity", "create bootstrap tokens for workload identities (identity token create)", runIdentity},
 		{"version", "print the version", runVersion},
 	}
 }

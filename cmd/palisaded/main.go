@@ -29,6 +29,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/palisade-mesh/palisade/cmd/internal/buildinfo"
+	"github.com/palisade-mesh/palisade/cmd/internal/cli"
+	"github.com/palisade-mesh/palisade/cmd/internal/defaults"
 	"github.com/palisade-mesh/palisade/mesh"
 	"github.com/palisade-mesh/palisade/mesh/filesource"
 	xdsserver "github.com/palisade-mesh/palisade/xds/server"
@@ -42,6 +44,7 @@ type options struct {
 	logFormat         string
 	maxFullPushes     int
 	memoryLimit       string
+	identity          identityOptions
 }
 
 func main() {
@@ -54,9 +57,21 @@ func main() {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
 	fs.StringVar(&o.memoryLimit, "memory-limit", "", "soft memory limit for the Go runtime, e.g. 250MiB or 1GiB, or none (as GOMEMLIMIT): the garbage collector works harder near it instead of letting the heap double (default: GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if there is one)")
+	id := &o.identity
+	fs.StringVar(&id.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh's identities (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT)")
+	fs.StringVar(&id.dataDir, "data-dir", defaults.DataDir(), "directory for palisaded's state: the CA's keys and certificates (created on first start), bootstrap token hashes, root-cert.pem for agents, the admin socket")
+	fs.StringVar(&id.caCertDir, "ca-cert-dir", "", "use an existing CA instead of a self-generated root: a directory in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem, optional cert-chain.pem)")
+	fs.StringVar(&id.caAddress, "ca-address", "127.0.0.1:15012", "address of the CA API (gRPC with TLS) from which palisade-agent obtains SVIDs")
+	fs.StringVar(&id.bundleAddress, "bundle-endpoint-address", "127.0.0.1:15013", "address of the SPIFFE bundle endpoint (https_spiffe) that federated trust domains fetch this trust domain's bundle from; empty disables it")
+	fs.StringVar(&id.adminSocket, "admin-socket", "", "Unix socket (mode 0600) of the admin API used by 'palisadectl identity token create' (default DATA_DIR/admin.sock)")
+	fs.DurationVar(&id.svidTTL, "svid-ttl", time.Hour, "lifetime of an X.509-SVID when the agent asks for none")
+	fs.DurationVar(&id.maxSVIDTTL, "max-svid-ttl", 24*time.Hour, "longest X.509-SVID lifetime the CA grants")
+	fs.DurationVar(&id.caTTL, "ca-ttl", 365*24*time.Hour, "lifetime of a self-generated root; the next root is prepared at half of it and activated at three quarters")
+	fs.Var(&id.federatedFiles, "federate", "trust another trust domain: TRUST_DOMAIN=BUNDLE_FILE (SPIFFE bundle JSON or PEM); repeatable")
+	fs.Var(&id.dnsNames, "ca-dns-name", "DNS name to put in palisaded's serving certificate, besides its SPIFFE ID; repeatable")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS, and issues SPIFFE identities\nto palisade-agent from its CA.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -65,11 +80,14 @@ func main() {
 		}
 		os.Exit(2)
 	}
+	if id.adminSocket == "" {
+		id.adminSocket = defaults.AdminSocket(id.dataDir)
+	}
 	if *showVersion {
 		fmt.Println("palisaded", buildinfo.String())
 		return
 	}
-	log, err := newLogger(o.logLevel, o.logFormat)
+	log, err := cli.NewLogger(o.logLevel, o.logFormat)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "palisaded:", err)
 		os.Exit(2)
@@ -111,21 +129,6 @@ func parseBytes(s string) (int64, error) {
 	return n * factor, nil
 }
 
-func newLogger(level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch strings.ToLower(format) {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: use text or json", format)
-}
-
 func run(ctx context.Context, o options, log *slog.Logger) error {
 	if st, err := os.Stat(o.configDir); err != nil || !st.IsDir() {
 		return fmt.Errorf("--config-dir %s is not a readable directory", o.configDir)
@@ -133,7 +136,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg, MaxFullPushes: o.maxFullPushes})
+	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg, MaxFullPushes: o.maxFullPushes, TrustDomain: o.identity.trustDomain})
 	var ready atomic.Bool
 	source := filesource.New(filesource.Config{
 		Dir:        o.configDir,
@@ -145,12 +148,18 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		},
 	})
 
+	ids, err := newIdentityService(o.identity, log, reg)
+	if err != nil {
+		return err
+	}
 	xdsListener, err := xds.Listen()
 	if err != nil {
+		ids.close()
 		return err
 	}
 	monListener, err := net.Listen("tcp", o.monitoringAddress)
 	if err != nil {
+		ids.close()
 		xdsListener.Close()
 		return fmt.Errorf("monitoring: listening on %s: %w", o.monitoringAddress, err)
 	}
@@ -179,24 +188,29 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	monitoring := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	log.Info("palisaded starting", "version", buildinfo.String(), "config_dir", o.configDir,
-		"xds_address", xdsListener.Addr().String(), "monitoring_address", monListener.Addr().String())
+		"xds_address", xdsListener.Addr().String(), "monitoring_address", monListener.Addr().String(),
+		"trust_domain", o.identity.trustDomain, "ca_address", ids.apiL.Addr().String(), "data_dir", o.identity.dataDir)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	errs := make(chan error, 3)
-	go func() { errs <- xds.Serve(ctx, xdsListener) }()
-	go func() { errs <- source.Run(ctx) }()
-	go func() {
-		err := monitoring.Serve(monListener)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errs <- err
-	}()
+	runners := append([]func(context.Context) error{
+		func(ctx context.Context) error { return xds.Serve(ctx, xdsListener) },
+		source.Run,
+		func(context.Context) error {
+			if err := monitoring.Serve(monListener); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}, ids.runners()...)
+	errs := make(chan error, len(runners))
+	for _, r := range runners {
+		go func() { errs <- r(ctx) }()
+	}
 
 	// Run until a signal or until one component stops; then stop the others.
 	var first error
-	remaining := 3
+	remaining := len(runners)
 	select {
 	case first = <-errs:
 		remaining--

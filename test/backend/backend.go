@@ -29,10 +29,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
 )
@@ -244,6 +246,10 @@ const (
 	CallIDHeader = "x-call-id"
 )
 
+// PeerHeader, in UnaryCall's response headers, names the client certificate the
+// call came with: "URI_SAN SERIAL" (absent over plaintext).
+const PeerHeader = "x-peer-certificate"
+
 // service implements grpc.testing.TestService's UnaryCall and EmptyCall.
 type service struct {
 	testpb.UnimplementedTestServiceServer
@@ -288,6 +294,16 @@ func (s *service) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*test
 		case <-time.After(d):
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
+			leaf := info.State.PeerCertificates[0]
+			var uri string
+			if len(leaf.URIs) > 0 {
+				uri = leaf.URIs[0].String()
+			}
+			_ = grpc.SetHeader(ctx, metadata.Pairs(PeerHeader, uri+" "+leaf.SerialNumber.String()))
 		}
 	}
 	return &testpb.SimpleResponse{ServerId: s.version, Hostname: s.addr}, nil

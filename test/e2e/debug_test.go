@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -61,13 +60,7 @@ func TestSynczAndProxyConfig(t *testing.T) {
 		t.Errorf("syncz identifies the client as %+v", mine)
 	}
 
-	ctl := filepath.Join(t.TempDir(), "palisadectl")
-	build := exec.Command("go", "build", "-o", ctl, "./cmd/palisadectl")
-	build.Dir = moduleRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building palisadectl: %v\n%s", err, out)
-	}
-	out, err := exec.Command(ctl, "proxy-config", c.NodeID, "--monitoring-address", m.MonAddr, "--type", "routes").CombinedOutput()
+	out, err := exec.Command(ctlBin, "proxy-config", c.NodeID, "--monitoring-address", m.MonAddr, "--type", "routes").CombinedOutput()
 	if err != nil {
 		t.Fatalf("palisadectl proxy-config: %v\n%s", err, out)
 	}
@@ -86,7 +79,7 @@ func TestSynczAndProxyConfig(t *testing.T) {
 	if !strings.Contains(string(out), "outbound|9080|v2|reviews.default.svc.cluster.local") || !strings.Contains(string(out), "weight: 20") {
 		t.Errorf("the reviews route with its 80/20 split is missing:\n%s", out)
 	}
-	out, err = exec.Command(ctl, "proxy-config", "no-such-node", "--monitoring-address", m.MonAddr).CombinedOutput()
+	out, err = exec.Command(ctlBin, "proxy-config", "no-such-node", "--monitoring-address", m.MonAddr).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `no connected proxy has node ID "no-such-node"`) {
 		t.Errorf("unknown node: err %v, output %s", err, out)
 	}

@@ -26,8 +26,9 @@ import (
 	"github.com/palisade-mesh/palisade/xds"
 )
 
-// palisadedBin is the palisaded binary TestMain builds once for all tests.
-var palisadedBin string
+// palisadedBin, agentBin and ctlBin are the binaries TestMain builds once for all
+// tests.
+var palisadedBin, agentBin, ctlBin string
 
 // moduleRoot is the root of the Palisade module (two levels above this package).
 var moduleRoot string
@@ -49,19 +50,19 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	palisadedBin = filepath.Join(tmp, "palisaded")
-	// Build the daemon as a user would. GOFLAGS and the rest of the environment are
-	// inherited, so the binary is built with the same module settings as the tests.
-	args := []string{"build", "-o", palisadedBin}
+	// Build the binaries as a user would. GOFLAGS and the rest of the environment
+	// are inherited, so they are built with the same module settings as the tests.
+	args := []string{"build", "-o", tmp + "/"}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command("go", append(args, "./cmd/palisaded")...)
+	cmd := exec.Command("go", append(args, "./cmd/palisaded", "./cmd/palisade-agent", "./cmd/palisadectl")...)
 	cmd.Dir = moduleRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: building palisaded (go build ./cmd/palisaded in %s) failed: %v\n%s", moduleRoot, err, out)
+		fmt.Fprintf(os.Stderr, "e2e: building the binaries in %s failed: %v\n%s", moduleRoot, err, out)
 		return 1
 	}
+	palisadedBin, agentBin, ctlBin = filepath.Join(tmp, "palisaded"), filepath.Join(tmp, "palisade-agent"), filepath.Join(tmp, "palisadectl")
 	return m.Run()
 }
 
@@ -97,8 +98,10 @@ func (b *syncBuffer) String() string {
 // daemon is a running palisaded.
 type daemon struct {
 	Dir     string // its config directory
+	DataDir string // its state: the CA, token hashes, the admin socket
 	XDSAddr string
 	MonAddr string
+	CAAddr  string
 	cmd     *exec.Cmd
 	out     *syncBuffer
 	exited  chan struct{}
@@ -110,18 +113,36 @@ type daemon struct {
 // test failed, its output is logged.
 func startPalisaded(t *testing.T, dir string) *daemon {
 	t.Helper()
-	d := &daemon{Dir: dir, out: &syncBuffer{}, exited: make(chan struct{})}
+	d := &daemon{Dir: dir, DataDir: t.TempDir()}
+	d.start(t, false)
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("--- palisaded output ---\n%s", d.out.String())
+		}
+	})
+	return d
+}
+
+// start runs palisaded; keepPorts restarts it on the addresses it had.
+func (d *daemon) start(t *testing.T, keepPorts bool) {
+	t.Helper()
 	// Ports are picked free and then released; another process could take one in
 	// between, so a failed start is retried with fresh ports.
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		d.XDSAddr, d.MonAddr = freeAddr(t), freeAddr(t)
+		if !keepPorts || attempt > 0 {
+			d.XDSAddr, d.MonAddr, d.CAAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+		}
 		d.out = &syncBuffer{}
 		d.exited = make(chan struct{})
 		d.cmd = exec.Command(palisadedBin,
-			"--config-dir", dir,
+			"--config-dir", d.Dir,
 			"--xds-address", d.XDSAddr,
 			"--monitoring-address", d.MonAddr,
+			"--data-dir", d.DataDir,
+			"--ca-address", d.CAAddr,
+			"--bundle-endpoint-address", "",
 			"--log-level", "debug",
 		)
 		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
@@ -144,16 +165,12 @@ func startPalisaded(t *testing.T, dir string) *daemon {
 	if lastErr != nil {
 		t.Fatalf("palisaded did not become ready: %v\n--- palisaded output ---\n%s", lastErr, d.out.String())
 	}
+	out := d.out
 	t.Cleanup(func() {
-		d.stop()
-		if strings.Contains(d.out.String(), "WARNING: DATA RACE") {
+		if strings.Contains(out.String(), "WARNING: DATA RACE") {
 			t.Errorf("palisaded (built with -race) reported a data race")
 		}
-		if t.Failed() {
-			t.Logf("--- palisaded output ---\n%s", d.out.String())
-		}
 	})
-	return d
 }
 
 func (d *daemon) waitReady(timeout time.Duration) error {

@@ -5,6 +5,7 @@ package readme
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -76,6 +77,17 @@ func TestReadmeFirstCommandServesExampleMesh(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The CA API answers TLS on 15012 as palisaded's own SPIFFE identity.
+	conn, err := tls.Dial("tcp", "127.0.0.1:15012", &tls.Config{InsecureSkipVerify: true}) // only the identity is checked here
+	if err != nil {
+		t.Fatalf("CA API on 127.0.0.1:15012: %v", err)
+	}
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	conn.Close()
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://cluster.local/palisaded" {
+		t.Errorf("CA API certificate names %v, want spiffe://cluster.local/palisaded", leaf.URIs)
+	}
+
 	resp, err := http.Get("http://127.0.0.1:15014/debug/config_dump?namespace=default&kind=proxyless")
 	if err != nil {
 		t.Fatal(err)
