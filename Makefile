@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO    ?= go
 
-.PHONY: run build test lint bench bench-go bench-xds fuzz demo
+.PHONY: run build test lint bench bench-go bench-xds bench-identity fuzz demo
 
 ## run: build and start palisaded on the example mesh (examples/mesh).
 run:
@@ -20,23 +20,30 @@ test:
 lint:
 	./scripts/lint.sh
 
-## bench: Go benchmarks of translation, then the xDS benchmark program.
-bench: bench-go bench-xds
+## bench: Go benchmarks (translation, serving, CA, agent), then the benchmark programs
+## for xDS serving and identity (bench-identity --spire adds SPIRE as the baseline).
+bench: bench-go bench-xds bench-identity
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/ ./xds/server/
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/ ./xds/server/ ./identity/ ./identity/agent/
+
+bench-identity:
+	$(GO) run ./bench/identity
 
 bench-xds:
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind proxyless
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar --palisaded-flags "--memory-limit 250MiB"
 
-## fuzz: a minute of each fuzzer. FuzzDecode (untrusted YAML) runs coverage-guided.
+## fuzz: a minute of each fuzzer. FuzzDecode (untrusted YAML), FuzzValidateCSR and
+## FuzzLoadFederatedBundle (untrusted CSRs and bundles) run coverage-guided.
 ## FuzzGenerate (decode → model → translation → validation) runs from a test binary
 ## built without coverage: instrumenting the Envoy API packages slows coverage-guided
 ## runs to a few executions per second.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./mesh/config
+	$(GO) test -run '^$$' -fuzz FuzzValidateCSR -fuzztime 60s ./identity
+	$(GO) test -run '^$$' -fuzz FuzzLoadFederatedBundle -fuzztime 60s ./identity
 	$(GO) test -c -o bin/xds.test ./xds
 	cd xds && ../bin/xds.test -test.run '^$$' -test.fuzz FuzzGenerate -test.fuzztime 60s -test.fuzzcachedir ../.cache/fuzz
 

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -68,7 +69,7 @@ func main() {
 	fs.IntVar(&o.socketGroup, "socket-group", -1, "group ID to own the socket (-1: unchanged)")
 	fs.StringVar(&o.certDir, "cert-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem into this directory, replaced atomically on renewal (for proxyless gRPC's file_watcher and apps that read files)")
 	fs.DurationVar(&o.svidTTL, "svid-ttl", 0, "X.509-SVID lifetime to ask for (0: the CA's default); the agent renews at half of it")
-	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15020", "address for /metrics and /healthz/ready (ready once every identity has an SVID); empty disables it")
+	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15020", "address for /metrics, /healthz/ready (ready once every identity has an SVID) and /debug/pprof/; empty disables it")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -138,7 +139,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			TTL:       o.svidTTL,
 			OnSVID:    a.svidHandler(w.certDir, log),
 			OnBundles: a.bundlesHandler(log),
-			Logger:    log.With("spiffeID", w.id.String()),
+			Logger:    log,
 		}))
 	}
 	attestor := agent.Attestor(agent.ByUnixUser(rules))
@@ -261,6 +262,9 @@ func serveMonitoring(addr string, reg *prometheus.Registry, ready func() bool, l
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, buildinfo.String()) })
+	// Profiles, on the loopback-only monitoring address by default.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -201,7 +201,7 @@ func (s *identityService) runners() []func(context.Context) error {
 	}
 	if s.bundleL != nil {
 		rs = append(rs, func(ctx context.Context) error {
-			srv, err := s.api.ServeBundleEndpoint(s.bundleL, s.log)
+			srv, err := s.api.ServeBundleEndpoint(s.bundleL)
 			if err != nil {
 				return err
 			}

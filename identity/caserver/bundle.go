@@ -3,7 +3,6 @@ package caserver
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -26,7 +25,7 @@ func (s bundleSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffeb
 // ServeBundleEndpoint serves this trust domain's bundle at a SPIFFE bundle endpoint
 // (https_spiffe profile: the endpoint presents palisaded's SVID, ServerID) on l,
 // until the server is closed by the caller.
-func (s *Server) ServeBundleEndpoint(l net.Listener, log *slog.Logger) (*http.Server, error) {
+func (s *Server) ServeBundleEndpoint(l net.Listener) (*http.Server, error) {
 	h, err := federation.NewHandler(s.cfg.CA.TrustDomain(), bundleSource{s.cfg.CA})
 	if err != nil {
 		return nil, err
@@ -36,9 +35,9 @@ func (s *Server) ServeBundleEndpoint(l net.Listener, log *slog.Logger) (*http.Se
 	srv := &http.Server{Handler: h, TLSConfig: tlsConf, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("bundle endpoint", "err", err)
+			s.log.Error("bundle endpoint", "err", err)
 		}
 	}()
-	log.Info("SPIFFE bundle endpoint serving", "url", "https://"+l.Addr().String(), "endpointSPIFFEID", ServerID(s.cfg.CA.TrustDomain()).String())
+	s.log.Info("SPIFFE bundle endpoint serving", "url", "https://"+l.Addr().String(), "endpointSPIFFEID", ServerID(s.cfg.CA.TrustDomain()).String())
 	return srv, nil
 }
