@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -52,8 +53,10 @@ func (c *clock) Add(d time.Duration) {
 type fixture struct {
 	ca     *identity.CA
 	tokens *identity.Tokens
+	srv    *caserver.Server
 	addr   string
 	clock  *clock
+	stop   func() // stops serving; serve starts again on addr
 }
 
 // startCA runs a real CA API server on loopback.
@@ -77,11 +80,24 @@ func startCA(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := &fixture{ca: ca, tokens: tokens, srv: srv, addr: l.Addr().String(), clock: clk}
+	f.serve(t, l)
+	t.Cleanup(func() { f.stop() })
+	return f
+}
+
+func (f *fixture) serve(t *testing.T, l net.Listener) {
+	t.Helper()
+	if l == nil {
+		var err error
+		if l, err = net.Listen("tcp", f.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ctx, l) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &fixture{ca: ca, tokens: tokens, addr: l.Addr().String(), clock: clk}
+	go func() { defer close(done); _ = f.srv.Serve(ctx, l) }()
+	f.stop = func() { cancel(); <-done }
 }
 
 func (f *fixture) client(t *testing.T) *caclient.Client {
@@ -275,6 +291,40 @@ func TestKeeperRenewsAtHalfLife(t *testing.T) {
 	}
 	if !got[1].Certificates[0].NotAfter.After(got[0].Certificates[0].NotAfter) {
 		t.Fatal("renewed SVID does not outlive the first")
+	}
+}
+
+// While the CA is down the keeper keeps its SVID and retries; when the CA is back,
+// it renews.
+func TestKeeperRidesOutAnUnreachableCA(t *testing.T) {
+	f := startCA(t)
+	c := f.client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tok := f.token(t, reviews)
+	svids := make(chan *x509svid.SVID, 8)
+	k := caclient.NewKeeper(caclient.KeeperConfig{
+		Client: c, ID: reviews, TTL: 10 * time.Second, MaxBackoff: 500 * time.Millisecond,
+		Token:  func() (string, error) { return tok, nil },
+		OnSVID: func(s *x509svid.SVID) { svids <- s },
+	})
+	go func() { _ = k.Run(ctx) }()
+	first := <-svids
+	f.stop()
+	// The renewal at ~5s fails; nothing new is published while the CA is down.
+	select {
+	case s := <-svids:
+		t.Fatalf("an SVID (serial %v) was published while the CA was down", s.Certificates[0].SerialNumber)
+	case <-time.After(7 * time.Second):
+	}
+	f.serve(t, nil)
+	select {
+	case s := <-svids:
+		if s.ID != reviews || s.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
+			t.Fatalf("after the CA came back: %s serial %v", s.ID, s.Certificates[0].SerialNumber)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no renewal within 5s of the CA coming back")
 	}
 }
 

@@ -22,6 +22,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcxds "google.golang.org/grpc/xds"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
 	"github.com/palisade-mesh/palisade/test/backend"
 	"github.com/palisade-mesh/palisade/xds"
 )
@@ -63,6 +67,7 @@ spec:
 // agent is a running palisade-agent that writes its certificates into CertDir.
 type agent struct {
 	CertDir string
+	Socket  string // the Workload API and SDS
 	out     *syncBuffer
 }
 
@@ -78,9 +83,9 @@ func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration) *agen
 	}
 	tokenFile := filepath.Join(dir, "token")
 	writeFile(t, dir, "token", string(token))
-	a := &agent{CertDir: filepath.Join(dir, "certs"), out: &syncBuffer{}}
+	a := &agent{CertDir: filepath.Join(dir, "certs"), Socket: filepath.Join(dir, "agent.sock"), out: &syncBuffer{}}
 	cmd := exec.Command(agentBin, "--ca-address", d.CAAddr, "--ca-bundle", filepath.Join(d.DataDir, "root-cert.pem"),
-		"--spiffe-id", id, "--token-file", tokenFile, "--socket", filepath.Join(dir, "agent.sock"),
+		"--spiffe-id", id, "--token-file", tokenFile, "--socket", a.Socket,
 		"--cert-dir", a.CertDir, "--svid-ttl", ttl.String(), "--monitoring-address", "", "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = a.out, a.out
 	if err := cmd.Start(); err != nil {
@@ -207,6 +212,11 @@ func TestMTLSWithAgentCertificates(t *testing.T) {
 		t.Fatalf("server saw client certificate %q, want %q...", peerSeen, want)
 	}
 
+	// The mesh trusts what the agent serves, and the agent serves it whole: its
+	// identity, the root palisaded wrote, and JWT-SVIDs minted by palisaded that
+	// validate against the served JWT bundle.
+	checkWorkloadAPI(t, clientAgent.Socket, "spiffe://cluster.local/ns/mtls/sa/caller", rootBefore)
+
 	// A client without TLS gets the same configuration but cannot connect.
 	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap(t, d, "e2e-plaintext~client", nil))
 	if err != nil {
@@ -296,4 +306,45 @@ func TestMTLSWithAgentCertificates(t *testing.T) {
 		t.Errorf("the root changed across the restart of palisaded (%v)", err)
 	}
 	t.Logf("%d continuous calls, %d client certificates seen, %d server certificates, in %v", ok.Load(), len(clientCerts), len(serverSerials), time.Since(start).Round(time.Second))
+}
+
+// checkWorkloadAPI reads an agent's socket with go-spiffe's Workload API client.
+func checkWorkloadAPI(t *testing.T, socket, wantID string, rootPEM []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	x509ctx, err := client.FetchX509Context(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := x509ctx.DefaultSVID()
+	if svid.ID.String() != wantID {
+		t.Fatalf("Workload API serves %s, want %s", svid.ID, wantID)
+	}
+	root, _ := pem.Decode(rootPEM)
+	bundle, err := x509ctx.Bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	if err != nil || len(bundle.X509Authorities()) == 0 || !bytes.Equal(bundle.X509Authorities()[0].Raw, root.Bytes) {
+		t.Fatalf("Workload API bundle does not hold palisaded's root (%v)", err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, x509ctx.Bundles); err != nil {
+		t.Fatalf("served SVID does not verify against the served bundle: %v", err)
+	}
+	jwt, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "payments"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jwt.ID.String() != wantID {
+		t.Fatalf("JWT-SVID for %s, want %s", jwt.ID, wantID)
+	}
+	if _, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "payments"); err != nil {
+		t.Fatalf("the agent does not validate its own JWT-SVID: %v", err)
+	}
+	if _, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "someone-else"); err == nil {
+		t.Fatal("a JWT-SVID validated for another audience")
+	}
 }
