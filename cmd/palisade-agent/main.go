@@ -51,8 +51,6 @@ type options struct {
 	certDir           string
 	svidTTL           time.Duration
 	monitoringAddress string
-	logLevel          string
-	logFormat         string
 }
 
 func main() {
@@ -70,28 +68,13 @@ func main() {
 	fs.StringVar(&o.certDir, "cert-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem into this directory, replaced atomically on renewal (for proxyless gRPC's file_watcher and apps that read files)")
 	fs.DurationVar(&o.svidTTL, "svid-ttl", 0, "X.509-SVID lifetime to ask for (0: the CA's default); the agent renews at half of it")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15020", "address for /metrics, /healthz/ready (ready once every identity has an SVID) and /debug/pprof/; empty disables it")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	var common cli.Common
+	common.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: palisade-agent --spiffe-id ID --token-file FILE [flags]\n   or: palisade-agent --workloads FILE [flags]\n\nObtains SPIFFE identities from palisaded and serves them to workloads over a\nUnix socket: the SPIFFE Workload API and Envoy SDS.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return
-		}
-		os.Exit(2)
-	}
-	if *showVersion {
-		fmt.Println("palisade-agent", buildinfo.String())
-		return
-	}
-	log, err := cli.NewLogger(o.logLevel, o.logFormat)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "palisade-agent:", err)
-		os.Exit(2)
-	}
+	log := common.Parse(fs, "palisade-agent", os.Args[1:])
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {

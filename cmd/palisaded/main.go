@@ -40,8 +40,6 @@ type options struct {
 	configDir         string
 	xdsAddress        string
 	monitoringAddress string
-	logLevel          string
-	logFormat         string
 	maxFullPushes     int
 	memoryLimit       string
 	identity          identityOptions
@@ -53,8 +51,6 @@ func main() {
 	fs.StringVar(&o.configDir, "config-dir", "/etc/palisade/config", "directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule), watched for changes")
 	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "address of the xDS (ADS) gRPC server")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15014", "address of the HTTP server for /metrics, /healthz/ready and /debug/")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
 	fs.StringVar(&o.memoryLimit, "memory-limit", "", "soft memory limit for the Go runtime, e.g. 250MiB or 1GiB, or none (as GOMEMLIMIT): the garbage collector works harder near it instead of letting the heap double (default: GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if there is one)")
 	id := &o.identity
@@ -69,28 +65,15 @@ func main() {
 	fs.DurationVar(&id.caTTL, "ca-ttl", 365*24*time.Hour, "lifetime of a self-generated root; the next root is prepared at half of it and activated at three quarters")
 	fs.Var(&id.federatedFiles, "federate", "trust another trust domain: TRUST_DOMAIN=BUNDLE_FILE (SPIFFE bundle JSON or PEM); repeatable")
 	fs.Var(&id.dnsNames, "ca-dns-name", "DNS name to put in palisaded's serving certificate, besides its SPIFFE ID; repeatable")
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	var common cli.Common
+	common.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS, and issues SPIFFE identities\nto palisade-agent from its CA.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return
-		}
-		os.Exit(2)
-	}
+	log := common.Parse(fs, "palisaded", os.Args[1:])
 	if id.adminSocket == "" {
 		id.adminSocket = defaults.AdminSocket(id.dataDir)
-	}
-	if *showVersion {
-		fmt.Println("palisaded", buildinfo.String())
-		return
-	}
-	log, err := cli.NewLogger(o.logLevel, o.logFormat)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "palisaded:", err)
-		os.Exit(2)
 	}
 	limit, from, err := memoryLimit(o.memoryLimit, os.Getenv("GOMEMLIMIT"), "/")
 	if err != nil {
