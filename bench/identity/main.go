@@ -31,16 +31,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/palisade-mesh/palisade/bench/internal/proc"
 	"github.com/palisade-mesh/palisade/identity/caclient"
@@ -54,9 +56,10 @@ func main() {
 	duration := flag.Duration("duration", 3*time.Second, "length of each throughput measurement")
 	reps := flag.Int("reps", 3, "repetitions of each measurement; medians are reported")
 	starts := flag.Int("starts", 7, "agent starts measured")
-	profile := flag.String("cpu-profile", "", "write a CPU profile of palisaded during the concurrent issuance load here")
+	profile := flag.String("cpu-profile", "", "write CPU profiles of palisaded during the concurrent issuance load (FILE) and of the agent during the concurrent fetch loads (FILE.agent.CLIENT)")
+	spire := flag.Bool("spire", false, "also measure SPIRE 1.13's agent (built by scripts/spire.sh) as the baseline: the same fetch loads, interleaved with Palisade's in each repetition, agent start, registration → SVID, memory; see spire.go")
 	flag.Parse()
-	if err := run(*duration, *reps, *starts, *profile); err != nil {
+	if err := run(*duration, *reps, *starts, *profile, *spire); err != nil {
 		fmt.Fprintln(os.Stderr, "identity-bench:", err)
 		os.Exit(1)
 	}
@@ -66,7 +69,7 @@ type env struct {
 	dir, agentBin, caAddr, adminSocket, roots string
 }
 
-func run(duration time.Duration, reps, starts int, profile string) error {
+func run(duration time.Duration, reps, starts int, profile string, spire bool) error {
 	dir, err := os.MkdirTemp("", "identity-bench-")
 	if err != nil {
 		return err
@@ -99,35 +102,13 @@ func run(duration time.Duration, reps, starts int, profile string) error {
 	// 1. Issuance through the CA API.
 	fmt.Println("SVID issuance (CA API, mTLS renewals, one connection per caller):")
 	for _, conc := range []int{1, 32} {
-		var rates []float64
-		var p50s, p99s []time.Duration
-		for rep := range reps {
-			var profiled chan error
-			if profile != "" && conc > 1 && rep == 0 {
-				profiled = make(chan error, 1)
-				go func() {
-					profiled <- fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", monAddr, int(duration.Seconds())), profile)
-				}()
-			}
-			if profiled != nil && os.Getenv("BENCH_SELF_PROFILE") != "" {
-				f, _ := os.Create(os.Getenv("BENCH_SELF_PROFILE"))
-				_ = pprof.StartCPUProfile(f)
-			}
-			rate, lat, err := e.issuance(conc, duration)
-			if profiled != nil && os.Getenv("BENCH_SELF_PROFILE") != "" {
-				pprof.StopCPUProfile()
-			}
-			if profiled != nil {
-				if err := <-profiled; err != nil {
-					return fmt.Errorf("CPU profile: %w", err)
-				}
-			}
-			if err != nil {
-				return err
-			}
-			rates, p50s, p99s = append(rates, rate), append(p50s, proc.Percentile(lat, 0.5)), append(p99s, proc.Percentile(lat, 0.99))
+		m, err := repeat(reps, profileAt(profile, conc, monAddr, ""), duration, func() (float64, []time.Duration, error) {
+			return e.issuance(conc, duration)
+		})
+		if err != nil {
+			return err
 		}
-		fmt.Printf("  concurrency %2d: %6.0f issuances/s  p50 %v  p99 %v   (medians of %d)\n", conc, proc.MedianF(rates), proc.Median(p50s), proc.Median(p99s), reps)
+		fmt.Printf("  concurrency %2d: %s\n", conc, m.format("issuances", reps))
 	}
 	caRSS, _ := proc.Status(cmd.Process.Pid, "VmRSS")
 	caHWM, _ := proc.Status(cmd.Process.Pid, "VmHWM")
@@ -158,34 +139,132 @@ func run(duration time.Duration, reps, starts int, profile string) error {
 	fmt.Printf("token created → SVID issued to a CA client (no agent start): median %v\n", proc.Median(directLat))
 
 	// 3. Workload API fetches.
+	agentMon := proc.FreeAddr()
 	token, err := e.token("/ns/bench/sa/fetch")
 	if err != nil {
 		return err
 	}
-	a, err := e.startAgent("/ns/bench/sa/fetch", token)
+	a, err := e.startAgent("/ns/bench/sa/fetch", token, "--monitoring-address", agentMon)
 	if err != nil {
 		return err
 	}
 	defer a.stop()
 	agentIdle, _ := proc.Status(a.cmd.Process.Pid, "VmRSS")
-	fmt.Println("\nWorkload API FetchX509SVID (go-spiffe client, one client per caller):")
-	for _, conc := range []int{1, 8} {
-		var rates []float64
-		var p50s, p99s []time.Duration
-		for range reps {
-			rate, lat, err := fetchLoad(a.socket, conc, duration)
-			if err != nil {
-				return err
-			}
-			rates, p50s, p99s = append(rates, rate), append(p50s, proc.Percentile(lat, 0.5)), append(p99s, proc.Percentile(lat, 0.99))
+	agents := []fetchTarget{{name: "Palisade", socket: a.socket, monAddr: agentMon}}
+	var sp *spireProc
+	if spire {
+		if sp, err = setupSPIRE(dir, starts); err != nil {
+			return fmt.Errorf("SPIRE: %w", err)
 		}
-		fmt.Printf("  concurrency %d: %6.0f fetches/s  p50 %v  p99 %v   (medians of %d)\n", conc, proc.MedianF(rates), proc.Median(p50s), proc.Median(p99s), reps)
+		defer sp.stop()
+		agents = append(agents, fetchTarget{name: "SPIRE", socket: sp.socket})
+	}
+	if err := compareFetches(agents, reps, duration, profile); err != nil {
+		return err
 	}
 	agentRSS, _ := proc.Status(a.cmd.Process.Pid, "VmRSS")
 	agentHWM, _ := proc.Status(a.cmd.Process.Pid, "VmHWM")
 	fmt.Printf("\nRSS: palisaded %d MB at start, %d MB after the issuance load (peak %d MB); agent %d MB idle, %d MB after the fetch load (peak %d MB)\n",
 		idleRSS>>20, caRSS>>20, caHWM>>20, agentIdle>>20, agentRSS>>20, agentHWM>>20)
+	if sp != nil {
+		return sp.finish(starts)
+	}
 	return nil
+}
+
+// fetchTarget is an agent whose Workload API is measured.
+type fetchTarget struct {
+	name, socket string
+	monAddr      string // where its CPU profile can be taken; "" for none
+}
+
+// compareFetches measures X.509-SVID fetches from each agent with both kinds of
+// client at concurrency 1 and 8. The agents take turns within each repetition,
+// so that they share the machine's moods alike.
+func compareFetches(agents []fetchTarget, reps int, d time.Duration, profile string) error {
+	for _, kind := range []string{"go-spiffe", "raw"} {
+		fmt.Printf("\nWorkload API FetchX509SVID, %s client, one client per caller:\n", kind)
+		for _, conc := range []int{1, 8} {
+			runs := make([]measurement, len(agents))
+			for rep := range reps {
+				for i, a := range agents {
+					at := profileAt(profile, conc, a.monAddr, ".agent."+kind)
+					if rep > 0 || a.monAddr == "" {
+						at = profileAt("", conc, "", "")
+					}
+					m, err := repeat(1, at, d, func() (float64, []time.Duration, error) { return fetchLoad(a.socket, kind, conc, d) })
+					if err != nil {
+						return fmt.Errorf("%s: %w", a.name, err)
+					}
+					runs[i].add(m)
+				}
+			}
+			for i, a := range agents {
+				ratio := ""
+				if i > 0 {
+					ratio = fmt.Sprintf("  (Palisade: %.1f× the rate)", runs[0].rate()/runs[i].rate())
+				}
+				fmt.Printf("  concurrency %d, %-8s %s%s\n", conc, a.name+":", runs[i].format("fetches", reps), ratio)
+			}
+		}
+	}
+	return nil
+}
+
+// profileAt says where to save a CPU profile of the process serving monAddr
+// during a concurrent load ("" for none).
+func profileAt(profile string, conc int, monAddr, suffix string) func() (string, string) {
+	return func() (string, string) {
+		if profile == "" || conc == 1 {
+			return "", ""
+		}
+		return monAddr, profile + suffix
+	}
+}
+
+// measurement collects the rate, p50 and p99 of repeated runs of a load.
+type measurement struct {
+	rates      []float64
+	p50s, p99s []time.Duration
+}
+
+func (m *measurement) add(o measurement) {
+	m.rates = append(m.rates, o.rates...)
+	m.p50s = append(m.p50s, o.p50s...)
+	m.p99s = append(m.p99s, o.p99s...)
+}
+
+func (m measurement) rate() float64 { return proc.MedianF(m.rates) }
+
+func (m measurement) format(unit string, reps int) string {
+	return fmt.Sprintf("%6.0f %s/s  p50 %v  p99 %v   (medians of %d)", m.rate(), unit,
+		proc.Median(m.p50s).Round(time.Microsecond), proc.Median(m.p99s).Round(time.Microsecond), reps)
+}
+
+// repeat runs a throughput measurement reps times; the first run is profiled if
+// profileAt says so.
+func repeat(reps int, profileAt func() (string, string), d time.Duration, run func() (float64, []time.Duration, error)) (measurement, error) {
+	var m measurement
+	for rep := range reps {
+		var profiled chan error
+		if monAddr, file := profileAt(); file != "" && rep == 0 {
+			profiled = make(chan error, 1)
+			go func() {
+				profiled <- fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", monAddr, int(d.Seconds())), file)
+			}()
+		}
+		rate, lat, err := run()
+		if profiled != nil {
+			if perr := <-profiled; perr != nil {
+				return m, fmt.Errorf("CPU profile: %w", perr)
+			}
+		}
+		if err != nil {
+			return m, err
+		}
+		m.rates, m.p50s, m.p99s = append(m.rates, rate), append(m.p50s, proc.Percentile(lat, 0.5)), append(m.p99s, proc.Percentile(lat, 0.99))
+	}
+	return m, nil
 }
 
 // fetch saves the body of a GET.
@@ -323,7 +402,7 @@ func (a *agentProc) stop() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() }
 
 // startAgent starts palisade-agent for an identity and returns once an
 // X.509-SVID can be fetched from its socket.
-func (e *env) startAgent(path, token string) (*agentProc, error) {
+func (e *env) startAgent(path, token string, flags ...string) (*agentProc, error) {
 	dir, err := os.MkdirTemp(e.dir, "agent-")
 	if err != nil {
 		return nil, err
@@ -335,6 +414,7 @@ func (e *env) startAgent(path, token string) (*agentProc, error) {
 	a := &agentProc{socket: filepath.Join(dir, "agent.sock")}
 	a.cmd = exec.Command(e.agentBin, "--ca-address", e.caAddr, "--ca-bundle", e.roots, "--spiffe-id", spiffeid.RequireFromPath(td, path).String(),
 		"--token-file", tokenFile, "--socket", a.socket, "--monitoring-address", "", "--log-level", "warn")
+	a.cmd.Args = append(a.cmd.Args, flags...)
 	a.cmd.Stderr = os.Stderr
 	a.started = time.Now()
 	if err := a.cmd.Start(); err != nil {
@@ -355,32 +435,86 @@ func (e *env) startAgent(path, token string) (*agentProc, error) {
 	return nil, errors.New("agent served no SVID within 10s")
 }
 
-// fetchLoad runs conc Workload API clients fetching X.509-SVIDs for d.
-func fetchLoad(socket string, conc int, d time.Duration) (float64, []time.Duration, error) {
+// fetcher fetches one X.509-SVID; each caller has its own.
+type fetcher interface {
+	fetch(ctx context.Context) error
+	Close() error
+}
+
+// spiffeFetcher uses go-spiffe's Workload API client, which also parses and checks
+// what it gets (the key, the chain, the bundle), as an application sees it.
+type spiffeFetcher struct{ *workloadapi.Client }
+
+func (f spiffeFetcher) fetch(ctx context.Context) error {
+	svid, err := f.FetchX509SVID(ctx)
+	if err == nil && len(svid.Certificates) == 0 {
+		err = errors.New("empty SVID")
+	}
+	return err
+}
+
+// rawFetcher speaks the Workload API with the generated stub and does not parse
+// the answer: what the agent itself can serve.
+type rawFetcher struct {
+	conn *grpc.ClientConn
+	api  workload.SpiffeWorkloadAPIClient
+}
+
+func (f rawFetcher) Close() error { return f.conn.Close() }
+
+func (f rawFetcher) fetch(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true"))
+	defer cancel()
+	stream, err := f.api.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err != nil {
+		return err
+	}
+	resp, err := stream.Recv()
+	if err == nil && len(resp.GetSvids()) == 0 {
+		err = errors.New("empty response")
+	}
+	return err
+}
+
+func newFetcher(socket, kind string) (fetcher, error) {
+	if kind == "go-spiffe" {
+		c, err := workloadapi.New(context.Background(), workloadapi.WithAddr("unix://"+socket))
+		return spiffeFetcher{c}, err
+	}
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return rawFetcher{conn: conn, api: workload.NewSpiffeWorkloadAPIClient(conn)}, nil
+}
+
+// fetchLoad runs conc Workload API callers of a kind (go-spiffe or raw) fetching
+// X.509-SVIDs for d.
+func fetchLoad(socket, kind string, conc int, d time.Duration) (float64, []time.Duration, error) {
 	var mu sync.Mutex
 	var all []time.Duration
 	var firstErr error
 	var wg sync.WaitGroup
-	start := time.Now()
-	deadline := start.Add(d)
-	for range conc {
-		client, err := workloadapi.New(context.Background(), workloadapi.WithAddr("unix://"+socket))
+	callers := make([]fetcher, conc)
+	for i := range callers {
+		f, err := newFetcher(socket, kind)
 		if err != nil {
 			return 0, nil, err
 		}
-		defer client.Close()
-		if _, err := client.FetchX509SVID(context.Background()); err != nil {
+		defer f.Close()
+		if err := f.fetch(context.Background()); err != nil { // connect before the clock starts
 			return 0, nil, err
 		}
+		callers[i] = f
+	}
+	start := time.Now()
+	deadline := start.Add(d)
+	for _, f := range callers {
 		wg.Go(func() {
 			var lat []time.Duration
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
-				svid, err := client.FetchX509SVID(context.Background())
-				if err == nil && len(svid.Certificates) == 0 {
-					err = errors.New("empty SVID")
-				}
-				if err != nil {
+				if err := f.fetch(context.Background()); err != nil {
 					mu.Lock()
 					firstErr = errors.Join(firstErr, err)
 					mu.Unlock()
