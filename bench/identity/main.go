@@ -351,45 +351,22 @@ func (e *env) issuance(conc int, d time.Duration) (float64, []time.Duration, err
 		}
 	}
 	conf := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(caserver.ServerID(td)))
-	var mu sync.Mutex
-	var all []time.Duration
-	var firstErr error
-	var wg sync.WaitGroup
-	start := time.Now()
-	deadline := start.Add(d)
-	for w := range conc {
+	callers := make([]func(context.Context) error, conc)
+	for w := range callers {
 		conn, err := grpc.NewClient(e.caAddr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
 		if err != nil {
 			return 0, nil, err
 		}
 		defer conn.Close()
 		api := identitypb.NewCertificateAuthorityClient(conn)
-		if _, err := api.SignX509SVID(context.Background(), &identitypb.SignX509SVIDRequest{Csr: csrs[0]}); err != nil { // warm up the connection
-			return 0, nil, err
+		next := w
+		callers[w] = func(ctx context.Context) error {
+			next++
+			_, err := api.SignX509SVID(ctx, &identitypb.SignX509SVIDRequest{Csr: csrs[next%len(csrs)]})
+			return err
 		}
-		wg.Go(func() {
-			var lat []time.Duration
-			for i := w; time.Now().Before(deadline); i++ {
-				t0 := time.Now()
-				_, err := api.SignX509SVID(context.Background(), &identitypb.SignX509SVIDRequest{Csr: csrs[i%len(csrs)]})
-				if err != nil {
-					mu.Lock()
-					firstErr = errors.Join(firstErr, err)
-					mu.Unlock()
-					return
-				}
-				lat = append(lat, time.Since(t0))
-			}
-			mu.Lock()
-			all = append(all, lat...)
-			mu.Unlock()
-		})
 	}
-	wg.Wait()
-	if firstErr != nil {
-		return 0, nil, firstErr
-	}
-	return float64(len(all)) / time.Since(start).Seconds(), all, nil
+	return load(callers, d)
 }
 
 type agentProc struct {
@@ -491,32 +468,41 @@ func newFetcher(socket, kind string) (fetcher, error) {
 // fetchLoad runs conc Workload API callers of a kind (go-spiffe or raw) fetching
 // X.509-SVIDs for d.
 func fetchLoad(socket, kind string, conc int, d time.Duration) (float64, []time.Duration, error) {
-	var mu sync.Mutex
-	var all []time.Duration
-	var firstErr error
-	var wg sync.WaitGroup
-	callers := make([]fetcher, conc)
+	callers := make([]func(context.Context) error, conc)
 	for i := range callers {
 		f, err := newFetcher(socket, kind)
 		if err != nil {
 			return 0, nil, err
 		}
 		defer f.Close()
-		if err := f.fetch(context.Background()); err != nil { // connect before the clock starts
+		callers[i] = f.fetch
+	}
+	return load(callers, d)
+}
+
+// load calls each caller once to connect it, then runs all of them in loops for
+// d, and returns calls per second and every call's latency.
+func load(callers []func(context.Context) error, d time.Duration) (float64, []time.Duration, error) {
+	ctx := context.Background()
+	for _, call := range callers {
+		if err := call(ctx); err != nil {
 			return 0, nil, err
 		}
-		callers[i] = f
 	}
+	var mu sync.Mutex
+	var all []time.Duration
+	var errs error
+	var wg sync.WaitGroup
 	start := time.Now()
 	deadline := start.Add(d)
-	for _, f := range callers {
+	for _, call := range callers {
 		wg.Go(func() {
 			var lat []time.Duration
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
-				if err := f.fetch(context.Background()); err != nil {
+				if err := call(ctx); err != nil {
 					mu.Lock()
-					firstErr = errors.Join(firstErr, err)
+					errs = errors.Join(errs, err)
 					mu.Unlock()
 					return
 				}
@@ -528,8 +514,8 @@ func fetchLoad(socket, kind string, conc int, d time.Duration) (float64, []time.
 		})
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return 0, nil, firstErr
+	if errs != nil {
+		return 0, nil, errs
 	}
 	return float64(len(all)) / time.Since(start).Seconds(), all, nil
 }
