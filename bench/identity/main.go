@@ -150,14 +150,14 @@ func run(duration time.Duration, reps, starts int, profile string, spire bool) e
 	}
 	defer a.stop()
 	agentIdle, _ := proc.Status(a.cmd.Process.Pid, "VmRSS")
-	agents := []fetchTarget{{name: "Palisade", socket: a.socket, monAddr: agentMon}}
+	agents := []fetchTarget{{name: "Palisade", socket: a.socket, monAddr: agentMon, pid: a.cmd.Process.Pid}}
 	var sp *spireProc
 	if spire {
 		if sp, err = setupSPIRE(dir, starts); err != nil {
 			return fmt.Errorf("SPIRE: %w", err)
 		}
 		defer sp.stop()
-		agents = append(agents, fetchTarget{name: "SPIRE", socket: sp.socket})
+		agents = append(agents, fetchTarget{name: "SPIRE", socket: sp.socket, pid: sp.agent.cmd.Process.Pid})
 	}
 	if err := compareFetches(agents, reps, duration, profile); err != nil {
 		return err
@@ -176,6 +176,7 @@ func run(duration time.Duration, reps, starts int, profile string, spire bool) e
 type fetchTarget struct {
 	name, socket string
 	monAddr      string // where its CPU profile can be taken; "" for none
+	pid          int    // the agent process, whose CPU time per fetch is reported
 }
 
 // compareFetches measures X.509-SVID fetches from each agent with both kinds of
@@ -192,10 +193,13 @@ func compareFetches(agents []fetchTarget, reps int, d time.Duration, profile str
 					if rep > 0 || a.monAddr == "" {
 						at = profileAt("", conc, "", "")
 					}
+					cpu0, _ := proc.CPUTime(a.pid)
 					m, err := repeat(1, at, d, func() (float64, []time.Duration, error) { return fetchLoad(a.socket, kind, conc, d) })
 					if err != nil {
 						return fmt.Errorf("%s: %w", a.name, err)
 					}
+					cpu1, _ := proc.CPUTime(a.pid)
+					m.cpuPerCall = []time.Duration{(cpu1 - cpu0) / time.Duration(max(1, m.rates[0]*d.Seconds()))}
 					runs[i].add(m)
 				}
 			}
@@ -226,19 +230,25 @@ func profileAt(profile string, conc int, monAddr, suffix string) func() (string,
 type measurement struct {
 	rates      []float64
 	p50s, p99s []time.Duration
+	cpuPerCall []time.Duration // the server's CPU time per call, where measured
 }
 
 func (m *measurement) add(o measurement) {
 	m.rates = append(m.rates, o.rates...)
 	m.p50s = append(m.p50s, o.p50s...)
 	m.p99s = append(m.p99s, o.p99s...)
+	m.cpuPerCall = append(m.cpuPerCall, o.cpuPerCall...)
 }
 
 func (m measurement) rate() float64 { return proc.MedianF(m.rates) }
 
 func (m measurement) format(unit string, reps int) string {
-	return fmt.Sprintf("%6.0f %s/s  p50 %v  p99 %v   (medians of %d)", m.rate(), unit,
-		proc.Median(m.p50s).Round(time.Microsecond), proc.Median(m.p99s).Round(time.Microsecond), reps)
+	cpu := ""
+	if len(m.cpuPerCall) > 0 {
+		cpu = fmt.Sprintf("  server CPU %v/call", proc.Median(m.cpuPerCall).Round(time.Microsecond))
+	}
+	return fmt.Sprintf("%6.0f %s/s  p50 %v  p99 %v%s   (medians of %d)", m.rate(), unit,
+		proc.Median(m.p50s).Round(time.Microsecond), proc.Median(m.p99s).Round(time.Microsecond), cpu, reps)
 }
 
 // repeat runs a throughput measurement reps times; the first run is profiled if

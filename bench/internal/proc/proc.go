@@ -91,3 +91,29 @@ func MedianF(f []float64) float64 {
 func IsolatedFlags(dir string) []string {
 	return []string{"--data-dir", filepath.Join(dir, "data"), "--ca-address", FreeAddr(), "--bundle-endpoint-address", FreeAddr()}
 }
+
+// CPUTime is the CPU time a process has used so far (user and system), at the
+// kernel's clock-tick resolution.
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after it are plain.
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] { // utime, stime
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, 100 on Linux.
+const clockTicks = 100
