@@ -23,7 +23,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -83,19 +82,13 @@ func run(duration time.Duration, reps, starts int, profile string, spire bool) e
 	if err != nil {
 		return err
 	}
-	monAddr := proc.FreeAddr()
-	isolated := proc.IsolatedFlags(dir)
-	e := &env{dir: dir, agentBin: agentBin, caAddr: isolated[3], adminSocket: filepath.Join(dir, "data", "admin.sock"), roots: filepath.Join(dir, "data", "root-cert.pem")}
-	args := append([]string{"--config-dir", "examples/mesh", "--xds-address", proc.FreeAddr(), "--monitoring-address", monAddr, "--log-level", "warn"}, isolated...)
-	cmd := exec.Command(palisaded, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	p, err := proc.StartPalisaded(palisaded, dir, "examples/mesh")
+	if err != nil {
 		return err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if err := proc.WaitReady(monAddr, 30*time.Second); err != nil {
-		return err
-	}
+	defer p.Stop()
+	cmd, monAddr := p.Cmd, p.MonAddr
+	e := &env{dir: dir, agentBin: agentBin, caAddr: p.CAAddr, adminSocket: filepath.Join(p.DataDir, "admin.sock"), roots: filepath.Join(p.DataDir, "root-cert.pem")}
 	idleRSS, _ := proc.Status(cmd.Process.Pid, "VmRSS")
 	fmt.Printf("machine: %d CPUs (runtime.NumCPU); palisaded pid %d, RSS at start %d MB\n\n", runtime.NumCPU(), cmd.Process.Pid, idleRSS>>20)
 
@@ -260,7 +253,7 @@ func repeat(reps int, profileAt func() (string, string), d time.Duration, run fu
 		if monAddr, file := profileAt(); file != "" && rep == 0 {
 			profiled = make(chan error, 1)
 			go func() {
-				profiled <- fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", monAddr, int(d.Seconds())), file)
+				profiled <- proc.Fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", monAddr, int(d.Seconds())), file)
 			}()
 		}
 		rate, lat, err := run()
@@ -275,20 +268,6 @@ func repeat(reps int, profileAt func() (string, string), d time.Duration, run fu
 		m.rates, m.p50s, m.p99s = append(m.rates, rate), append(m.p50s, proc.Percentile(lat, 0.5)), append(m.p99s, proc.Percentile(lat, 0.99))
 	}
 	return m, nil
-}
-
-// fetch saves the body of a GET.
-func fetch(url, file string) error {
-	resp, err := http.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(file, data, 0o644)
 }
 
 // token creates a bootstrap token through palisaded's admin socket.

@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -76,18 +75,12 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 			return err
 		}
 	}
-	xdsAddr, monAddr := proc.FreeAddr(), proc.FreeAddr()
-	args := append([]string{"--config-dir", configDir, "--xds-address", xdsAddr, "--monitoring-address", monAddr, "--log-level", "warn"}, proc.IsolatedFlags(dir)...)
-	args = append(args, extraFlags...)
-	cmd := exec.Command(binary, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	p, err := proc.StartPalisaded(binary, dir, configDir, extraFlags...)
+	if err != nil {
 		return err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if err := proc.WaitReady(monAddr, 30*time.Second); err != nil {
-		return err
-	}
+	defer p.Stop()
+	cmd, xdsAddr, monAddr := p.Cmd, p.XDSAddr, p.MonAddr
 	fmt.Printf("palisaded pid %d (%s) serving %d services; %d %s delta ADS clients\n", cmd.Process.Pid, strings.Join(extraFlags, " "), services, clients, kind)
 
 	subs := subscriptions(kind, services)
@@ -193,7 +186,7 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		fmt.Println("palisaded memory at the end:", mem)
 	}
 	if heapProfile != "" {
-		if err := fetch("http://"+monAddr+"/debug/pprof/heap", heapProfile); err != nil {
+		if err := proc.Fetch("http://"+monAddr+"/debug/pprof/heap", heapProfile); err != nil {
 			return err
 		}
 	}
@@ -336,21 +329,4 @@ func memStats(addr string) (string, error) {
 		}
 	}
 	return strings.Join(out, " "), nil
-}
-
-func fetch(url, file string) error {
-	resp, err := http.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -4,6 +4,7 @@ package proc
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -86,10 +87,47 @@ func MedianF(f []float64) float64 {
 	return s[len(s)/2]
 }
 
-// IsolatedFlags are the palisaded flags that keep a benchmark's instance apart
-// from any other on the machine: its own data directory and CA ports.
-func IsolatedFlags(dir string) []string {
-	return []string{"--data-dir", filepath.Join(dir, "data"), "--ca-address", FreeAddr(), "--bundle-endpoint-address", FreeAddr()}
+// Palisaded is a running palisaded, on free loopback ports and a data directory
+// of its own, so that it stays apart from any other on the machine.
+type Palisaded struct {
+	Cmd                      *exec.Cmd
+	XDSAddr, MonAddr, CAAddr string
+	DataDir                  string
+}
+
+// StartPalisaded starts binary on configDir with state under dir, plus extra flags,
+// and waits until it is ready.
+func StartPalisaded(binary, dir, configDir string, extra ...string) (*Palisaded, error) {
+	p := &Palisaded{XDSAddr: FreeAddr(), MonAddr: FreeAddr(), CAAddr: FreeAddr(), DataDir: filepath.Join(dir, "data")}
+	args := append([]string{"--config-dir", configDir, "--xds-address", p.XDSAddr, "--monitoring-address", p.MonAddr,
+		"--data-dir", p.DataDir, "--ca-address", p.CAAddr, "--bundle-endpoint-address", FreeAddr(), "--log-level", "warn"}, extra...)
+	p.Cmd = exec.Command(binary, args...)
+	p.Cmd.Stderr = os.Stderr
+	if err := p.Cmd.Start(); err != nil {
+		return nil, err
+	}
+	if err := WaitReady(p.MonAddr, 30*time.Second); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Stop kills palisaded.
+func (p *Palisaded) Stop() { _ = p.Cmd.Process.Kill(); _ = p.Cmd.Wait() }
+
+// Fetch saves the body of a GET into file.
+func Fetch(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, data, 0o644)
 }
 
 // CPUTime is the CPU time a process has used so far (user and system), at the
