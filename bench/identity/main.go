@@ -144,6 +144,12 @@ func run(duration time.Duration, reps, starts int, profile string, spire bool) e
 	defer a.stop()
 	agentIdle, _ := proc.Status(a.cmd.Process.Pid, "VmRSS")
 	agents := []fetchTarget{{name: "Palisade", socket: a.socket, monAddr: agentMon, pid: a.cmd.Process.Pid}}
+	floor, floorSocket, err := startFloor(dir, a.socket)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = floor.Process.Kill(); _ = floor.Wait() }()
+	agents = append(agents, fetchTarget{name: "floor", socket: floorSocket, pid: floor.Process.Pid})
 	var sp *spireProc
 	if spire {
 		if sp, err = setupSPIRE(dir, starts); err != nil {
@@ -174,7 +180,8 @@ type fetchTarget struct {
 
 // compareFetches measures X.509-SVID fetches from each agent with both kinds of
 // client at concurrency 1 and 8. The agents take turns within each repetition,
-// so that they share the machine's moods alike.
+// so that they share the machine's moods alike. One of them is the floor (see
+// floor.go): a server that only sends a canned answer, what gRPC alone costs.
 func compareFetches(agents []fetchTarget, reps int, d time.Duration, profile string) error {
 	for _, kind := range []string{"go-spiffe", "raw"} {
 		fmt.Printf("\nWorkload API FetchX509SVID, %s client, one client per caller:\n", kind)
@@ -198,7 +205,10 @@ func compareFetches(agents []fetchTarget, reps int, d time.Duration, profile str
 			}
 			for i, a := range agents {
 				ratio := ""
-				if i > 0 {
+				switch {
+				case a.name == "floor":
+					ratio = fmt.Sprintf("  (Palisade: %.0f%% of the floor's rate)", 100*runs[0].rate()/runs[i].rate())
+				case i > 0:
 					ratio = fmt.Sprintf("  (Palisade: %.1f× the rate)", runs[0].rate()/runs[i].rate())
 				}
 				fmt.Printf("  concurrency %d, %-8s %s%s\n", conc, a.name+":", runs[i].format("fetches", reps), ratio)
