@@ -24,8 +24,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/palisade-mesh/palisade/identity/caserver"
 	"github.com/palisade-mesh/palisade/identity/identitypb"
@@ -108,11 +110,11 @@ func (c *Client) dial(creds credentials.TransportCredentials) (*grpc.ClientConn,
 // sessionFor returns a connection that presents svid, replacing the connection of
 // an older SVID: the server checks the certificate a connection was opened with, so
 // a connection must not outlive its SVID.
-func (c *Client) sessionFor(svid *x509svid.SVID) (identitypb.CertificateAuthorityClient, error) {
+func (c *Client) sessionFor(svid *x509svid.SVID) (*session, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.session; s != nil && s.leaf.Equal(svid.Certificates[0]) {
-		return identitypb.NewCertificateAuthorityClient(s.conn), nil
+		return s, nil
 	}
 	conn, err := c.dial(credentials.NewTLS(tlsconfig.MTLSClientConfig(svid, c, tlsconfig.AuthorizeID(c.serverID))))
 	if err != nil {
@@ -122,7 +124,26 @@ func (c *Client) sessionFor(svid *x509svid.SVID) (identitypb.CertificateAuthorit
 		_ = c.session.conn.Close()
 	}
 	c.session = &session{leaf: svid.Certificates[0], conn: conn}
-	return identitypb.NewCertificateAuthorityClient(conn), nil
+	return c.session, nil
+}
+
+func (s *session) api() identitypb.CertificateAuthorityClient {
+	return identitypb.NewCertificateAuthorityClient(s.conn)
+}
+
+// drop forgets s when a call on it found palisaded unreachable, so that the next
+// call dials at once: gRPC's own reconnect backoff grows to minutes during a long
+// outage, and retries must follow the keeper's backoff instead.
+func (c *Client) drop(s *session, err error) {
+	if status.Code(err) != codes.Unavailable {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.session == s {
+		_ = s.conn.Close()
+		c.session = nil
+	}
 }
 
 // Close closes the client's connection.
@@ -151,11 +172,13 @@ func (c *Client) SignWithToken(ctx context.Context, id spiffeid.ID, token string
 // Renew obtains a new X.509-SVID, with a new key, for the identity of current,
 // authenticating with current.
 func (c *Client) Renew(ctx context.Context, current *x509svid.SVID, ttl time.Duration) (*x509svid.SVID, *spiffebundle.Set, error) {
-	api, err := c.sessionFor(current)
+	s, err := c.sessionFor(current)
 	if err != nil {
 		return nil, nil, err
 	}
-	return c.sign(ctx, api, current.ID, ttl)
+	svid, set, err := c.sign(ctx, s.api(), current.ID, ttl)
+	c.drop(s, err)
+	return svid, set, err
 }
 
 func (c *Client) sign(ctx context.Context, api identitypb.CertificateAuthorityClient, id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, *spiffebundle.Set, error) {
@@ -216,12 +239,13 @@ func (c *Client) parseBundles(in *identitypb.Bundles) (*spiffebundle.Set, error)
 
 // MintJWT obtains a JWT-SVID for the identity of svid.
 func (c *Client) MintJWT(ctx context.Context, svid *x509svid.SVID, audience []string, ttl time.Duration) (*jwtsvid.SVID, error) {
-	api, err := c.sessionFor(svid)
+	s, err := c.sessionFor(svid)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := api.MintJWTSVID(ctx, &identitypb.MintJWTSVIDRequest{Audience: audience, TtlSeconds: int64(ttl / time.Second)})
+	resp, err := s.api().MintJWTSVID(ctx, &identitypb.MintJWTSVIDRequest{Audience: audience, TtlSeconds: int64(ttl / time.Second)})
 	if err != nil {
+		c.drop(s, err)
 		return nil, err
 	}
 	// The token came from palisaded over an authenticated channel; the signature
@@ -236,17 +260,19 @@ func (c *Client) MintJWT(ctx context.Context, svid *x509svid.SVID, audience []st
 // WatchBundles calls fn with the trust bundles now and on every change, until the
 // stream ends (an error, ctx, or a newer SVID replacing the connection).
 func (c *Client) WatchBundles(ctx context.Context, svid *x509svid.SVID, fn func(*spiffebundle.Set)) error {
-	api, err := c.sessionFor(svid)
+	s, err := c.sessionFor(svid)
 	if err != nil {
 		return err
 	}
-	stream, err := api.WatchBundles(ctx, &identitypb.WatchBundlesRequest{})
+	stream, err := s.api().WatchBundles(ctx, &identitypb.WatchBundlesRequest{})
 	if err != nil {
+		c.drop(s, err)
 		return err
 	}
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
+			c.drop(s, err)
 			return err
 		}
 		set, err := c.parseBundles(msg)
