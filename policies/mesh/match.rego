@@ -1,0 +1,34 @@
+# Istio's string matching, as AuthorizationPolicy fields use it (principals,
+# namespaces, hosts, paths, header and claim values, ...).
+package palisade.mesh.match
+
+# matches(pattern, value) is true when value matches the pattern: exactly, or by
+# prefix ("abc*"), by suffix ("*abc"), or by presence ("*" matches any value that
+# is not empty).
+matches(pattern, value) if pattern == value
+
+matches("*", value) if value != ""
+
+matches(pattern, value) if {
+	pattern != "*"
+	endswith(pattern, "*")
+	startswith(value, trim_suffix(pattern, "*"))
+}
+
+matches(pattern, value) if {
+	pattern != "*"
+	startswith(pattern, "*")
+	endswith(value, trim_prefix(pattern, "*"))
+}
+
+# any_of(patterns, value) is true when value matches at least one pattern.
+any_of(patterns, value) if {
+	some pattern in patterns
+	matches(pattern, value)
+}
+
+# any_of_fold is any_of ignoring case, as Istio matches hosts.
+any_of_fold(patterns, value) if {
+	some pattern in patterns
+	matches(lower(pattern), lower(value))
+}
