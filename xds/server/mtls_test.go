@@ -101,16 +101,7 @@ func TestProxiesWithTheSamePolicyShareATranslation(t *testing.T) {
 func TestPeerAuthenticationChangesSendTheInboundListener(t *testing.T) {
 	s, client := startServer(t)
 	s.SetSnapshot(withPolicies(t, 1, 5, 20))
-	stream, err := client.DeltaAggregatedResources(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	send := func(r *discovery.DeltaDiscoveryRequest) {
-		t.Helper()
-		if err := stream.Send(r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, send := openDelta(t, client)
 	send(&discovery.DeltaDiscoveryRequest{Node: labelledNode("envoy", mesh.KindSidecar, map[string]any{"app": "a"}), TypeUrl: resource.ListenerType})
 	full := recv(t, stream.Recv)
 	send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ListenerType, ResponseNonce: full.Nonce})
@@ -148,16 +139,7 @@ func TestPeerAuthenticationChangesSendTheInboundListener(t *testing.T) {
 func TestProxylessServerListenerFollowsPeerAuthentication(t *testing.T) {
 	s, client := startServer(t)
 	s.SetSnapshot(withPolicies(t, 1, 3, 20))
-	stream, err := client.DeltaAggregatedResources(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	send := func(r *discovery.DeltaDiscoveryRequest) {
-		t.Helper()
-		if err := stream.Send(r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, send := openDelta(t, client)
 	name := "grpc/server?xds.resource.listening_address=127.0.0.1:9080"
 	send(&discovery.DeltaDiscoveryRequest{Node: node("server", mesh.KindProxyless), TypeUrl: resource.ListenerType, ResourceNamesSubscribe: []string{name}})
 	first := recv(t, stream.Recv)

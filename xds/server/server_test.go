@@ -78,6 +78,22 @@ func node(id string, kind mesh.ProxyKind) *core.Node {
 	return &core.Node{Id: id, Metadata: s}
 }
 
+// openDelta opens a delta ADS stream and returns it with a send that fails the
+// test on error.
+func openDelta(t *testing.T, client discovery.AggregatedDiscoveryServiceClient) (discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, func(*discovery.DeltaDiscoveryRequest)) {
+	t.Helper()
+	stream, err := client.DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, func(r *discovery.DeltaDiscoveryRequest) {
+		t.Helper()
+		if err := stream.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func recv[T any](t *testing.T, recv func() (T, error)) T {
 	t.Helper()
 	type result struct {
@@ -291,16 +307,7 @@ func TestDeltaHoldsNackedVersionUntilConfigChanges(t *testing.T) {
 func TestDeltaRemovalsAndResubscriptions(t *testing.T) {
 	s, client := startServer(t)
 	s.SetSnapshot(snapshot(t, 1, 3, 20))
-	stream, err := client.DeltaAggregatedResources(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	send := func(r *discovery.DeltaDiscoveryRequest) {
-		t.Helper()
-		if err := stream.Send(r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, send := openDelta(t, client)
 	eds := xds.ClusterName(9080, "v1", meshgen.Host(1))
 	send(&discovery.DeltaDiscoveryRequest{Node: node("envoy", mesh.KindSidecar), TypeUrl: resource.ClusterType})
 	cds := recv(t, stream.Recv)
