@@ -25,6 +25,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/palisade-mesh/palisade/test/syncbuf"
 )
 
 var testNode = &core.Node{Id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local", Cluster: "a.default"}
@@ -133,7 +135,7 @@ func pemCerts(t *testing.T, b []byte) []*x509.Certificate {
 }
 
 func TestSDSStreamSecrets(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	h := startHarness(t, withLogger(&logs))
 	ctx := testCtx(t)
 	client := secretservice.NewSecretDiscoveryServiceClient(rawConn(t, h.path))

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/palisade-mesh/palisade/test/syncbuf"
 )
 
 func TestFetchX509SVID(t *testing.T) {
@@ -83,7 +85,7 @@ func TestFetchX509SVIDMultipleIdentities(t *testing.T) {
 }
 
 func TestJWTSVID(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	h := startHarness(t, withLogger(&logs))
 	h.federate()
 	ctx := testCtx(t)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/palisade-mesh/palisade/test/backend"
+	"github.com/palisade-mesh/palisade/test/syncbuf"
 	"github.com/palisade-mesh/palisade/xds"
 )
 
@@ -77,24 +76,6 @@ func freeAddr(t testing.TB) string {
 	return lis.Addr().String()
 }
 
-// syncBuffer collects a process's output; safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // daemon is a running palisaded.
 type daemon struct {
 	Dir     string // its config directory
@@ -103,7 +84,7 @@ type daemon struct {
 	MonAddr string
 	CAAddr  string
 	cmd     *exec.Cmd
-	out     *syncBuffer
+	out     *syncbuf.Buffer
 	exited  chan struct{}
 	waitErr error
 }
@@ -134,7 +115,7 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 		if !keepPorts || attempt > 0 {
 			d.XDSAddr, d.MonAddr, d.CAAddr = freeAddr(t), freeAddr(t), freeAddr(t)
 		}
-		d.out = &syncBuffer{}
+		d.out = &syncbuf.Buffer{}
 		d.exited = make(chan struct{})
 		d.cmd = exec.Command(palisadedBin,
 			"--config-dir", d.Dir,

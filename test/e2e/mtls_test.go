@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/palisade-mesh/palisade/test/backend"
+	"github.com/palisade-mesh/palisade/test/syncbuf"
 	"github.com/palisade-mesh/palisade/xds"
 )
 
@@ -68,7 +69,7 @@ spec:
 type agent struct {
 	CertDir string
 	Socket  string // the Workload API and SDS
-	out     *syncBuffer
+	out     *syncbuf.Buffer
 }
 
 // startAgent creates a bootstrap token with palisadectl and starts palisade-agent
@@ -83,7 +84,7 @@ func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration) *agen
 	}
 	tokenFile := filepath.Join(dir, "token")
 	writeFile(t, dir, "token", string(token))
-	a := &agent{CertDir: filepath.Join(dir, "certs"), Socket: filepath.Join(dir, "agent.sock"), out: &syncBuffer{}}
+	a := &agent{CertDir: filepath.Join(dir, "certs"), Socket: filepath.Join(dir, "agent.sock"), out: &syncbuf.Buffer{}}
 	cmd := exec.Command(agentBin, "--ca-address", d.CAAddr, "--ca-bundle", filepath.Join(d.DataDir, "root-cert.pem"),
 		"--spiffe-id", id, "--token-file", tokenFile, "--socket", a.Socket,
 		"--cert-dir", a.CertDir, "--svid-ttl", ttl.String(), "--monitoring-address", "", "--log-level", "debug")

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/palisade-mesh/palisade/test/syncbuf"
 )
 
 // The main routing scenarios (split, header match, live change) through a second,
@@ -148,7 +150,7 @@ type nodeWatch struct {
 	n      *nodeClient
 	nodeID string
 	lines  chan []byte
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 }
 
 // nodeBatch is the number of calls in each batch of a long-running client.js.
@@ -171,7 +173,7 @@ func (n *nodeClient) start(target string) *nodeWatch {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	w := &nodeWatch{t: n.t, n: n, nodeID: nodeID, lines: make(chan []byte, 1000), stderr: &syncBuffer{}}
+	w := &nodeWatch{t: n.t, n: n, nodeID: nodeID, lines: make(chan []byte, 1000), stderr: &syncbuf.Buffer{}}
 	cmd.Stderr = w.stderr
 	if err := cmd.Start(); err != nil {
 		cancel()
