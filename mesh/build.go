@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
 
@@ -42,31 +43,25 @@ func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 		case *networking.ServiceEntry:
 			b.serviceEntry(o, spec)
 		case *networking.VirtualService:
-			vs := b.prev.virtualServices[o.Key]
-			if vs == nil || vs.Spec != spec || vs.Source != o.Source {
-				vs = &VirtualService{
+			b.snap.VirtualServices = append(b.snap.VirtualServices, reuse(b.prev.virtualServices, o, func() *VirtualService {
+				return &VirtualService{
 					Key: o.Key, Source: o.Source, Spec: spec,
 					Hosts:    resolveHosts(spec.Hosts, o.Namespace),
 					ExportTo: visibility(spec.ExportTo, o.Namespace),
 				}
-			}
-			b.snap.VirtualServices = append(b.snap.VirtualServices, vs)
+			}))
 		case *security.PeerAuthentication:
-			pa := b.prev.peerAuthentications[o.Key]
-			if pa == nil || pa.Spec != spec || pa.Source != o.Source {
-				pa = newPeerAuthentication(o, spec)
-			}
-			peerAuthentications = append(peerAuthentications, pa)
+			peerAuthentications = append(peerAuthentications, reuse(b.prev.peerAuthentications, o, func() *PeerAuthentication {
+				return newPeerAuthentication(o, spec)
+			}))
 		case *networking.DestinationRule:
-			dr := b.prev.destinationRules[o.Key]
-			if dr == nil || dr.Spec != spec || dr.Source != o.Source {
-				dr = &DestinationRule{
+			b.snap.DestinationRules = append(b.snap.DestinationRules, reuse(b.prev.destinationRules, o, func() *DestinationRule {
+				return &DestinationRule{
 					Key: o.Key, Source: o.Source, Spec: spec,
 					Host:     ResolveHost(spec.Host, o.Namespace),
 					ExportTo: visibility(spec.ExportTo, o.Namespace),
 				}
-			}
-			b.snap.DestinationRules = append(b.snap.DestinationRules, dr)
+			}))
 		}
 	}
 	slices.SortFunc(b.snap.Services, func(a, c *Service) int {
@@ -86,6 +81,28 @@ type builder struct {
 }
 
 // previous indexes the objects of the snapshot before, for reuse.
+// built is a model object made from one decoded object: reuse can tell whether
+// a new decoding is the same input.
+type built interface {
+	input() (proto.Message, config.Source)
+}
+
+func (vs *VirtualService) input() (proto.Message, config.Source)     { return vs.Spec, vs.Source }
+func (dr *DestinationRule) input() (proto.Message, config.Source)    { return dr.Spec, dr.Source }
+func (pa *PeerAuthentication) input() (proto.Message, config.Source) { return pa.Spec, pa.Source }
+
+// reuse returns the previous snapshot's object for o when it was built from the
+// same decoded spec (the decode cache keeps unchanged files' specs) and source,
+// so that translations keyed by it are reused too; otherwise it builds a new one.
+func reuse[T built](prev map[config.Key]T, o config.Object, build func() T) T {
+	if p, ok := prev[o.Key]; ok {
+		if spec, src := p.input(); spec == o.Spec && src == o.Source {
+			return p
+		}
+	}
+	return build()
+}
+
 type previous struct {
 	services            map[serviceKey]*Service
 	virtualServices     map[config.Key]*VirtualService
