@@ -111,3 +111,13 @@ func LoadFederatedBundle(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bu
 	}
 	return spiffebundle.FromX509Authorities(td, certs), nil
 }
+
+// WriteRoots writes the X.509 roots of Bundle() to path as PEM, atomically and
+// readable by all: agents start from it to trust palisaded.
+func (c *CA) WriteRoots(path string) error {
+	var buf []byte
+	for _, root := range c.Bundle().X509Authorities() {
+		buf = append(buf, encodeCertPEM(root)...)
+	}
+	return writeFileAtomic(path, buf, true)
+}

@@ -1,6 +1,8 @@
 package identity
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -104,5 +106,30 @@ func TestBundleIsACopy(t *testing.T) {
 	b.SetSequenceNumber(99)
 	if len(ca.Bundle().X509Authorities()) != 1 || seqOf(t, ca) != 1 {
 		t.Error("changing a returned bundle changed the CA's")
+	}
+}
+
+// WriteRoots publishes exactly the bundle's roots, readable by agents of other users.
+func TestWriteRoots(t *testing.T) {
+	ca, _ := newTestCA(t, newFakeClock(time.Now()), nil)
+	path := filepath.Join(t.TempDir(), "root-cert.pem")
+	if err := ca.WriteRoots(path); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v, want 0644", st.Mode().Perm())
+	}
+	data, _ := os.ReadFile(path)
+	got, err := parseCertsPEM(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ca.Bundle().X509Authorities()
+	if len(got) != len(want) || !got[0].Equal(want[0]) {
+		t.Fatalf("wrote %d roots, want the bundle's %d", len(got), len(want))
 	}
 }

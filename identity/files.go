@@ -12,9 +12,9 @@ import (
 // writeFileAtomic replaces path with data so that a crash leaves either the old or
 // the new content, never a torn file: write a temporary file in the same directory,
 // fsync it, rename it over path, then fsync the directory so the rename is durable.
-// The file is created with mode 0600 (os.CreateTemp's mode) because everything this
-// package persists is either secret or security state.
-func writeFileAtomic(path string, data []byte) error {
+// The file gets mode 0600 (os.CreateTemp's mode) unless public is set: what this
+// package persists is secret or security state, except the roots it publishes.
+func writeFileAtomic(path string, data []byte, public bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
@@ -24,6 +24,12 @@ func writeFileAtomic(path string, data []byte) error {
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if public {
+		if err := tmp.Chmod(0o644); err != nil {
+			tmp.Close()
+			return fmt.Errorf("write %s: %w", path, err)
+		}
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()

@@ -93,7 +93,7 @@ func saveJournal(dir string, st state) error {
 	keep := map[string]bool{journalFile: true}
 	write := func(name string, data []byte) error {
 		keep[name] = true
-		return writeFileAtomic(filepath.Join(dir, name), data)
+		return writeFileAtomic(filepath.Join(dir, name), data, false)
 	}
 	for _, s := range st.all() {
 		status := "retired"
@@ -131,7 +131,7 @@ func saveJournal(dir string, st state) error {
 	if err != nil {
 		return fmt.Errorf("encode CA state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, journalFile), data); err != nil {
+	if err := writeFileAtomic(filepath.Join(dir, journalFile), data, false); err != nil {
 		return err
 	}
 	// Remove the keys of slots that are gone, and temporary files of interrupted

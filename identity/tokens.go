@@ -172,7 +172,7 @@ func (t *Tokens) save() error {
 	if err != nil {
 		return fmt.Errorf("encode tokens: %w", err)
 	}
-	if err := writeFileAtomic(t.path, data); err != nil {
+	if err := writeFileAtomic(t.path, data, false); err != nil {
 		return fmt.Errorf("save tokens: %w", err)
 	}
 	return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,7 +51,9 @@ type identityService struct {
 	admin     *http.Server
 	adminL    net.Listener
 	rootsPath string
-	log       *slog.Logger
+	// rootsWritten is the CA's Changed() from when root-cert.pem was last written.
+	rootsWritten <-chan struct{}
+	log          *slog.Logger
 }
 
 // newIdentityService opens the CA (creating it on first start) and binds its
@@ -121,7 +122,9 @@ func newIdentityService(o identityOptions, log *slog.Logger, reg prometheus.Regi
 		s.close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	if err := s.writeRoots(); err != nil {
+	// Taken before the first write, so that no change is missed in between.
+	s.rootsWritten = ca.Changed()
+	if err := ca.WriteRoots(s.rootsPath); err != nil {
 		s.close()
 		return nil, err
 	}
@@ -156,38 +159,21 @@ func (s *identityService) close() {
 	}
 }
 
-// writeRoots writes the trusted roots for agents to start from (their --ca-bundle),
-// atomically.
-func (s *identityService) writeRoots() error {
-	var buf []byte
-	for _, c := range s.ca.Bundle().X509Authorities() {
-		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	tmp := s.rootsPath + ".tmp"
-	if err := os.WriteFile(tmp, buf, 0o644); err != nil {
-		return fmt.Errorf("writing roots: %w", err)
-	}
-	if err := os.Rename(tmp, s.rootsPath); err != nil {
-		return fmt.Errorf("writing roots: %w", err)
-	}
-	return nil
-}
-
 // runners returns the identity components to run until ctx ends.
 func (s *identityService) runners() []func(context.Context) error {
 	rs := []func(context.Context) error{
 		func(ctx context.Context) error { return s.api.Serve(ctx, s.apiL) },
 		s.ca.Run,
 		func(ctx context.Context) error { // keep root-cert.pem current through CA rotations
-			for {
-				changed := s.ca.Changed()
-				if err := s.writeRoots(); err != nil {
-					s.log.Error("root-cert.pem", "err", err)
-				}
+			for changed := s.rootsWritten; ; {
 				select {
 				case <-ctx.Done():
 					return nil
 				case <-changed:
+				}
+				changed = s.ca.Changed()
+				if err := s.ca.WriteRoots(s.rootsPath); err != nil {
+					s.log.Error("root-cert.pem", "err", err)
 				}
 			}
 		},
