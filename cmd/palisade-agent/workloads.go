@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/palisade-mesh/palisade/identity/agent"
+	"github.com/palisade-mesh/palisade/identity/caserver"
 )
 
 // workloadsFile is the --workloads file: which Unix users and groups get which
@@ -45,7 +46,7 @@ func (o options) workloads(td spiffeid.TrustDomain) ([]workload, error) {
 		if o.spiffeID == "" {
 			return nil, errors.New("give --spiffe-id (one workload) or --workloads (several)")
 		}
-		id, err := memberID(td, o.spiffeID)
+		id, err := caserver.WorkloadID(td, o.spiffeID)
 		if err != nil {
 			return nil, fmt.Errorf("--spiffe-id: %w", err)
 		}
@@ -69,7 +70,7 @@ func (o options) workloads(td spiffeid.TrustDomain) ([]workload, error) {
 	var out []workload
 	for i, w := range f.Workloads {
 		where := fmt.Sprintf("--workloads %s: workloads[%d]", o.workloadsFile, i)
-		id, err := memberID(td, w.SPIFFEID)
+		id, err := caserver.WorkloadID(td, w.SPIFFEID)
 		if err != nil {
 			return nil, fmt.Errorf("%s.spiffeID: %w", where, err)
 		}
@@ -86,15 +87,4 @@ func (o options) workloads(td spiffeid.TrustDomain) ([]workload, error) {
 		out = append(out, workload{id: id, rule: agent.UnixRule{UID: w.UID, GID: w.GID, ID: id}, token: tokenReader(w.TokenFile), certDir: w.CertDir})
 	}
 	return out, nil
-}
-
-func memberID(td spiffeid.TrustDomain, s string) (spiffeid.ID, error) {
-	id, err := spiffeid.FromString(s)
-	if err != nil {
-		return spiffeid.ID{}, err
-	}
-	if id.TrustDomain() != td {
-		return spiffeid.ID{}, fmt.Errorf("%s is not in trust domain %s", id, td)
-	}
-	return id, nil
 }

@@ -56,6 +56,7 @@ func TestWorkloadsErrors(t *testing.T) {
 	}{
 		"nothing":          {options{}, "", "--spiffe-id"},
 		"other domain":     {options{spiffeID: "spiffe://example.org/ns/a/sa/b"}, "", "not in trust domain"},
+		"not a workload":   {options{spiffeID: "spiffe://cluster.local/palisaded"}, "", "must have the form"},
 		"both modes":       {options{spiffeID: "spiffe://cluster.local/ns/a/sa/b"}, "workloads: []", "excludes"},
 		"empty":            {options{}, "workloads: []", "no workloads"},
 		"unknown field":    {options{}, "workloads: [{spiffeID: spiffe://cluster.local/ns/a/sa/b, uid: 1, tokenFile: t, user: x}]", "unknown field"},
