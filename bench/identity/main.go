@@ -396,19 +396,24 @@ func (e *env) startAgent(path, token string, flags ...string) (*agentProc, error
 	if err := a.cmd.Start(); err != nil {
 		return nil, err
 	}
-	deadline := a.started.Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+a.socket))
-		cancel()
-		if err == nil {
-			a.firstSVID = time.Now()
-			return a, nil
-		}
-		time.Sleep(time.Millisecond)
+	if err := a.waitFirstSVID(10 * time.Second); err != nil {
+		a.stop()
+		return nil, fmt.Errorf("palisade-agent served no SVID: %w", err)
 	}
-	a.stop()
-	return nil, errors.New("agent served no SVID within 10s")
+	return a, nil
+}
+
+// waitFirstSVID polls the agent's socket with go-spiffe's client until it serves an
+// X.509-SVID, and notes when: the same for every agent measured.
+func (a *agentProc) waitFirstSVID(timeout time.Duration) error {
+	err := poll(timeout, time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+a.socket))
+		return err
+	})
+	a.firstSVID = time.Now()
+	return err
 }
 
 // fetcher fetches one X.509-SVID; each caller has its own.

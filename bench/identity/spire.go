@@ -183,17 +183,10 @@ func (s *spireProc) startAgent(token string, timeout time.Duration) (*agentProc,
 	if err := startLogged(a.cmd, filepath.Join(dir, "agent.log")); err != nil {
 		return nil, err
 	}
-	err = poll(timeout, time.Millisecond, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+a.socket))
-		return err
-	})
-	if err != nil {
+	if err := a.waitFirstSVID(timeout); err != nil {
 		a.stop()
 		return nil, fmt.Errorf("spire-agent served no SVID: %w%s", err, logTail(filepath.Join(dir, "agent.log")))
 	}
-	a.firstSVID = time.Now()
 	return a, nil
 }
 
