@@ -29,14 +29,17 @@ func (m *metrics) count(fullMethod string, err error) {
 	m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
 }
 
+// unary and stream map every handler's error to a gRPC status (toStatus) and count
+// the call by its code.
 func (m *metrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
+	err = toStatus(err)
 	m.count(info.FullMethod, err)
 	return resp, err
 }
 
 func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
+	err := toStatus(handler(srv, ss))
 	m.count(info.FullMethod, err)
 	return err
 }

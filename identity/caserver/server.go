@@ -225,11 +225,6 @@ func requestedTTL(seconds int64) (time.Duration, error) {
 
 // SignX509SVID implements the CSR API.
 func (s *Server) SignX509SVID(ctx context.Context, req *identitypb.SignX509SVIDRequest) (*identitypb.SignX509SVIDResponse, error) {
-	resp, err := s.signX509SVID(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (s *Server) signX509SVID(ctx context.Context, req *identitypb.SignX509SVIDRequest) (*identitypb.SignX509SVIDResponse, error) {
 	ttl, err := requestedTTL(req.GetTtlSeconds())
 	if err != nil {
 		return nil, err
@@ -258,11 +253,6 @@ func (s *Server) signX509SVID(ctx context.Context, req *identitypb.SignX509SVIDR
 
 // MintJWTSVID implements the CSR API.
 func (s *Server) MintJWTSVID(ctx context.Context, req *identitypb.MintJWTSVIDRequest) (*identitypb.MintJWTSVIDResponse, error) {
-	resp, err := s.mintJWTSVID(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (s *Server) mintJWTSVID(ctx context.Context, req *identitypb.MintJWTSVIDRequest) (*identitypb.MintJWTSVIDResponse, error) {
 	ttl, err := requestedTTL(req.GetTtlSeconds())
 	if err != nil {
 		return nil, err
@@ -285,13 +275,13 @@ func (s *Server) mintJWTSVID(ctx context.Context, req *identitypb.MintJWTSVIDReq
 func (s *Server) WatchBundles(_ *identitypb.WatchBundlesRequest, stream grpc.ServerStreamingServer[identitypb.Bundles]) error {
 	ctx := stream.Context()
 	if _, err := s.authenticate(ctx, false); err != nil {
-		return toStatus(err)
+		return err
 	}
 	for {
 		changed := s.cfg.CA.Changed() // before reading, so no change is missed
 		bundles, err := s.bundles()
 		if err != nil {
-			return toStatus(err)
+			return err
 		}
 		if err := stream.Send(bundles); err != nil {
 			return err
