@@ -13,18 +13,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -282,20 +278,8 @@ func repeat(reps int, profileAt func() (string, string), d time.Duration, run fu
 
 // token creates a bootstrap token through palisaded's admin socket.
 func (e *env) token(path string) (string, error) {
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", e.adminSocket)
-	}}}
-	body, _ := json.Marshal(caserver.CreateTokenRequest{SPIFFEID: spiffeid.RequireFromPath(td, path).String(), TTL: "10m"})
-	resp, err := client.Post("http://palisaded/v1/identity/tokens", "application/json", bytes.NewReader(body))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var out caserver.CreateTokenResponse
-	if resp.StatusCode != http.StatusCreated {
-		return "", fmt.Errorf("token: status %d", resp.StatusCode)
-	}
-	return out.Token, json.NewDecoder(resp.Body).Decode(&out)
+	created, err := caserver.CreateToken(context.Background(), e.adminSocket, caserver.CreateTokenRequest{SPIFFEID: spiffeid.RequireFromPath(td, path).String(), TTL: "10m"})
+	return created.Token, err
 }
 
 func (e *env) client() (*caclient.Client, error) {

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -42,28 +39,14 @@ func runTokenCreate(args []string, stdout, stderr io.Writer) error {
 	if *output != "token" && *output != "json" {
 		return fmt.Errorf("%w: -o %q: use token or json", errUsage, *output)
 	}
-	body, _ := json.Marshal(caserver.CreateTokenRequest{SPIFFEID: *id, TTL: ttl.String()})
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", *socket)
-		},
-	}}
-	resp, err := client.Post("http://palisaded/v1/identity/tokens", "application/json", bytes.NewReader(body))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	created, err := caserver.CreateToken(ctx, *socket, caserver.CreateTokenRequest{SPIFFEID: *id, TTL: ttl.String()})
 	if err != nil {
-		return fmt.Errorf("palisaded admin socket %s: %w", *socket, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("palisaded refused: %s", strings.TrimSpace(string(data)))
-	}
-	if *output == "json" {
-		_, err = stdout.Write(data)
 		return err
 	}
-	var created caserver.CreateTokenResponse
-	if err := json.Unmarshal(data, &created); err != nil {
-		return fmt.Errorf("palisaded answer: %w", err)
+	if *output == "json" {
+		return json.NewEncoder(stdout).Encode(created)
 	}
 	fmt.Fprintln(stdout, created.Token)
 	fmt.Fprintf(stderr, "token for %s, usable once until %s\n", created.SPIFFEID, created.ExpiresAt.Format(time.RFC3339))

@@ -1,9 +1,13 @@
 package caserver
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -63,6 +67,40 @@ func AdminHandler(td spiffeid.TrustDomain, tokens TokenCreator) http.Handler {
 		_ = json.NewEncoder(w).Encode(CreateTokenResponse{Token: token, SPIFFEID: id.String(), ExpiresAt: exp})
 	})
 	return mux
+}
+
+// CreateToken asks palisaded's admin API, on the Unix socket at path, for a
+// bootstrap token. A refusal is an error carrying palisaded's message.
+func CreateToken(ctx context.Context, socket string, req CreateTokenRequest) (CreateTokenResponse, error) {
+	var out CreateTokenResponse
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return out, err
+	}
+	httpReq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://palisaded/v1/identity/tokens", bytes.NewReader(body))
+	if err != nil {
+		return out, err
+	}
+	httpReq.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(httpReq)
+	if err != nil {
+		return out, fmt.Errorf("palisaded admin socket %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return out, fmt.Errorf("palisaded answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusCreated {
+		return out, fmt.Errorf("palisaded refused: %s", strings.TrimSpace(string(data)))
+	}
+	if err := json.Unmarshal(data, &out); err != nil {
+		return out, fmt.Errorf("palisaded answer: %w", err)
+	}
+	return out, nil
 }
 
 // WorkloadID parses a workload identity of this trust domain, which must have the

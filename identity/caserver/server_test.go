@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +104,31 @@ func TestAdminCreatesTokens(t *testing.T) {
 		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("%s: status %d %q, want 400 with %q", body, rec.Code, rec.Body, want)
 		}
+	}
+}
+
+// CreateToken, the admin API's client, gets a token over the Unix socket and
+// reports a refusal with palisaded's reason.
+func TestCreateTokenOverTheAdminSocket(t *testing.T) {
+	_, _, tokens := newServer(t)
+	socket := filepath.Join(t.TempDir(), "admin.sock")
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: caserver.AdminHandler(td, tokens)}
+	go func() { _ = hs.Serve(l) }()
+	defer hs.Close()
+	ctx := context.Background()
+	created, err := caserver.CreateToken(ctx, socket, caserver.CreateTokenRequest{SPIFFEID: "spiffe://cluster.local/ns/a/sa/b", TTL: "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := tokens.Redeem(created.Token); err != nil || id.String() != "spiffe://cluster.local/ns/a/sa/b" {
+		t.Fatalf("created token redeems as %v, %v", id, err)
+	}
+	_, err = caserver.CreateToken(ctx, socket, caserver.CreateTokenRequest{SPIFFEID: "spiffe://cluster.local/palisaded", TTL: "1m"})
+	if err == nil || !strings.Contains(err.Error(), "palisaded refused") || !strings.Contains(err.Error(), "must have the form") {
+		t.Fatalf("refusal reported as %v", err)
 	}
 }
