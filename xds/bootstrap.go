@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/mesh"
 )
 
@@ -49,10 +50,10 @@ type BootstrapOptions struct {
 
 	// SDSSocket is the Unix socket of the agent's SDS server, from which an Envoy
 	// sidecar gets its certificates (the bootstrap's sds-grpc cluster); "" means
-	// DefaultSDSSocket. Envoy only.
+	// wellknown.Socket. Envoy only.
 	SDSSocket string
 	// CertDir is the directory where the agent writes a proxyless gRPC
-	// application's certificate files (CertChainFile, KeyFile, RootCertFile). When
+	// application's certificate files (the wellknown file names). When
 	// set, the gRPC bootstrap gets the certificate provider instance "default"
 	// (grpc's file_watcher plugin) that mutual TLS configuration refers to; without
 	// it, a gRPC application rejects configuration that asks for mutual TLS. gRPC
@@ -62,17 +63,6 @@ type BootstrapOptions struct {
 	// DefaultCertRefresh.
 	CertRefresh time.Duration
 }
-
-// DefaultSDSSocket is where palisade-agent serves SDS (and the SPIFFE Workload API).
-const DefaultSDSSocket = "/var/run/palisade/agent.sock"
-
-// The certificate files palisade-agent writes for proxyless gRPC applications, in
-// BootstrapOptions.CertDir.
-const (
-	CertChainFile = "cert-chain.pem"
-	KeyFile       = "key.pem"
-	RootCertFile  = "root-cert.pem"
-)
 
 // DefaultCertRefresh is how often gRPC rereads certificate files by default: the
 // agent rotates certificates well before they expire.
@@ -137,9 +127,9 @@ func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 			CertProviderInstance: map[string]any{
 				"plugin_name": "file_watcher",
 				"config": map[string]any{
-					"certificate_file":    filepath.Join(o.CertDir, CertChainFile),
-					"private_key_file":    filepath.Join(o.CertDir, KeyFile),
-					"ca_certificate_file": filepath.Join(o.CertDir, RootCertFile),
+					"certificate_file":    filepath.Join(o.CertDir, wellknown.CertChainFile),
+					"private_key_file":    filepath.Join(o.CertDir, wellknown.KeyFile),
+					"ca_certificate_file": filepath.Join(o.CertDir, wellknown.RootCertFile),
 					// A google.protobuf.Duration in JSON, as the plugin reads it.
 					"refresh_interval": strconv.FormatFloat(refresh.Seconds(), 'f', -1, 64) + "s",
 				},
@@ -194,7 +184,7 @@ func EnvoyBootstrap(o BootstrapOptions, adminPort uint32, delta bool) (*bootstra
 	}
 	sdsSocket := o.SDSSocket
 	if sdsSocket == "" {
-		sdsSocket = DefaultSDSSocket
+		sdsSocket = wellknown.Socket
 	}
 	sdsCluster := &cluster.Cluster{
 		Name:                 SDSClusterName,

@@ -7,6 +7,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	grpcxds "google.golang.org/grpc/xds"
 
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/xds"
 )
 
@@ -52,7 +53,7 @@ func TestGRPCBootstrapIsAcceptedByGRPC(t *testing.T) {
 // cluster the generated TLS configuration names.
 func TestEnvoyBootstrapHasTheSDSCluster(t *testing.T) {
 	o := bootstrapOptions
-	for socket, want := range map[string]string{"": xds.DefaultSDSSocket, "/run/agent/sds.sock": "/run/agent/sds.sock"} {
+	for socket, want := range map[string]string{"": wellknown.Socket, "/run/agent/sds.sock": "/run/agent/sds.sock"} {
 		o.SDSSocket = socket
 		b, err := xds.EnvoyBootstrap(o, 15000, false)
 		if err != nil {

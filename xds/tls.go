@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/mesh"
 )
 
@@ -23,10 +24,6 @@ const (
 	// SDSClusterName is the Envoy bootstrap's static cluster reaching the agent's SDS
 	// server over its Unix socket (Istio's name).
 	SDSClusterName = "sds-grpc"
-	// SDSCertName is the SDS secret (and the gRPC certificate name) of the workload's
-	// certificate and key; SDSRootName is the one of the trust bundle (Istio's names).
-	SDSCertName = "default"
-	SDSRootName = "ROOTCA"
 	// CertProviderInstance is the certificate provider instance of a proxyless gRPC
 	// bootstrap that holds both (gRFC A29).
 	CertProviderInstance = "default"
@@ -110,11 +107,11 @@ func (g *generator) sidecarCommonTLS(alpn []string, sans []*tlsv3.SubjectAltName
 	return &tlsv3.CommonTlsContext{
 		TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
 		AlpnProtocols:                  alpn,
-		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(SDSCertName)},
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(wellknown.SecretCertificate)},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
-				ValidationContextSdsSecretConfig: sdsSecret(SDSRootName),
+				ValidationContextSdsSecretConfig: sdsSecret(wellknown.SecretRootCA),
 			},
 		},
 	}
@@ -129,14 +126,14 @@ func (g *generator) sidecarCommonTLS(alpn []string, sans []*tlsv3.SubjectAltName
 // the server side.
 func (g *generator) grpcCommonTLS(client bool, sans []string) *tlsv3.CommonTlsContext {
 	vc := &tlsv3.CertificateValidationContext{
-		CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: CertProviderInstance, CertificateName: SDSRootName},
+		CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: CertProviderInstance, CertificateName: wellknown.SecretRootCA},
 	}
 	if client {
 		//lint:ignore SA1019 deprecated in Envoy, but the SAN field gRPC reads (not the typed one)
 		vc.MatchSubjectAltNames = g.grpcSANMatchers(sans)
 	}
 	return &tlsv3.CommonTlsContext{
-		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: CertProviderInstance, CertificateName: SDSCertName},
+		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: CertProviderInstance, CertificateName: wellknown.SecretCertificate},
 		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc},
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/palisade-mesh/palisade/cmd/internal/defaults"
 	"github.com/palisade-mesh/palisade/identity/agent"
 	"github.com/palisade-mesh/palisade/identity/caclient"
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 )
 
 type options struct {
@@ -62,7 +63,7 @@ func main() {
 	fs.StringVar(&o.spiffeID, "spiffe-id", "", "the identity this agent serves (one agent per pod): spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the bootstrap token for --spiffe-id (from 'palisadectl identity token create'); the PALISADE_TOKEN environment variable also works")
 	fs.StringVar(&o.workloadsFile, "workloads", "", "serve several workloads instead (a VM or a node): YAML file mapping Unix users and groups to identities and their tokens; excludes --spiffe-id")
-	fs.StringVar(&o.socket, "socket", "/var/run/palisade/agent.sock", "Unix socket of the Workload API and SDS")
+	fs.StringVar(&o.socket, "socket", wellknown.Socket, "Unix socket of the Workload API and SDS")
 	fs.StringVar(&o.socketMode, "socket-mode", "0600", "permissions of the socket (octal); with --socket-group, e.g. 0660")
 	fs.IntVar(&o.socketGroup, "socket-group", -1, "group ID to own the socket (-1: unchanged)")
 	fs.StringVar(&o.certDir, "cert-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem into this directory, replaced atomically on renewal (for proxyless gRPC's file_watcher and apps that read files)")

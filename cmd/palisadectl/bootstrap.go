@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/xds"
 )
 
@@ -27,8 +28,8 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	name := fs.String("name", "", "workload name used in the default node ID (default: the host name)")
 	adminPort := fs.Uint("admin-port", 15000, "envoy: admin port on 127.0.0.1")
 	delta := fs.Bool("delta", false, "envoy: use delta xDS")
-	fs.StringVar(&o.SDSSocket, "sds-socket", xds.DefaultSDSSocket, "envoy: the agent's Unix socket serving SDS (the sds-grpc cluster)")
-	fs.StringVar(&o.CertDir, "cert-dir", "", "grpc: directory of the certificate files palisade-agent writes ("+xds.CertChainFile+", "+xds.KeyFile+", "+xds.RootCertFile+");\nadds the certificate provider \"default\" that mutual TLS needs (without it, the app rejects\nconfiguration asking for mutual TLS)")
+	fs.StringVar(&o.SDSSocket, "sds-socket", wellknown.Socket, "envoy: the agent's Unix socket serving SDS (the sds-grpc cluster)")
+	fs.StringVar(&o.CertDir, "cert-dir", "", "grpc: directory of the certificate files palisade-agent writes ("+wellknown.CertChainFile+", "+wellknown.KeyFile+", "+wellknown.RootCertFile+");\nadds the certificate provider \"default\" that mutual TLS needs (without it, the app rejects\nconfiguration asking for mutual TLS)")
 	fs.DurationVar(&o.CertRefresh, "cert-refresh", xds.DefaultCertRefresh, "grpc: how often the app rereads the files in --cert-dir")
 	out := fs.String("o", "-", "output file, - for standard output")
 	if pos, err := parse(fs, args); err != nil {

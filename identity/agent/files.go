@@ -13,14 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 )
 
-// File names WriteFiles produces, as Istio's proxyless gRPC and apps expect.
 const (
-	CertChainFile = "cert-chain.pem"
-	KeyFile       = "key.pem"
-	RootCertFile  = "root-cert.pem"
-
 	dataLink    = "..data"
 	dataLinkTmp = "..data_tmp"
 )
@@ -57,9 +54,9 @@ func WriteFiles(dir string, svid *x509svid.SVID, bundles *spiffebundle.Set) erro
 		data []byte
 		mode os.FileMode
 	}{
-		{CertChainFile, chain.Bytes(), 0o644},
-		{KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
-		{RootCertFile, roots, 0o644},
+		{wellknown.CertChainFile, chain.Bytes(), 0o644},
+		{wellknown.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{wellknown.RootCertFile, roots, 0o644},
 	}
 
 	dir = filepath.Clean(dir)

@@ -11,15 +11,17 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 )
 
 func readPair(t *testing.T, dir string) (tls.Certificate, error) {
 	t.Helper()
-	cert, err := os.ReadFile(filepath.Join(dir, CertChainFile))
+	cert, err := os.ReadFile(filepath.Join(dir, wellknown.CertChainFile))
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	key, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	key, err := os.ReadFile(filepath.Join(dir, wellknown.KeyFile))
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -35,14 +37,14 @@ func checkFiles(t *testing.T, dir string, svid *x509svid.SVID, roots ...*x509.Ce
 	if !sameCert(pair.Leaf, svid.Certificates[0]) {
 		t.Fatalf("cert-chain.pem leaf is serial %s, want %s", pair.Leaf.SerialNumber, svid.Certificates[0].SerialNumber)
 	}
-	fi, err := os.Stat(filepath.Join(dir, KeyFile))
+	fi, err := os.Stat(filepath.Join(dir, wellknown.KeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key.pem mode %v", fi.Mode().Perm())
 	}
-	rootPEM, err := os.ReadFile(filepath.Join(dir, RootCertFile))
+	rootPEM, err := os.ReadFile(filepath.Join(dir, wellknown.RootCertFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +57,7 @@ func checkFiles(t *testing.T, dir string, svid *x509svid.SVID, roots ...*x509.Ce
 			t.Fatalf("root %d is %s", i, got[i].Subject)
 		}
 	}
-	for _, name := range []string{CertChainFile, KeyFile, RootCertFile} {
+	for _, name := range []string{wellknown.CertChainFile, wellknown.KeyFile, wellknown.RootCertFile} {
 		if target, err := os.Readlink(filepath.Join(dir, name)); err != nil || target != filepath.Join(dataLink, name) {
 			t.Fatalf("%s -> %q (%v), want through %s", name, target, err, dataLink)
 		}
@@ -99,10 +101,10 @@ func TestWriteFiles(t *testing.T) {
 	}
 
 	// A regular file left by an older, non-atomic writer is replaced.
-	if err := os.Remove(filepath.Join(dir, RootCertFile)); err != nil {
+	if err := os.Remove(filepath.Join(dir, wellknown.RootCertFile)); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, RootCertFile), []byte("stale"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, wellknown.RootCertFile), []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := WriteFiles(dir, s2, spiffebundleSet(t, ca)); err != nil {

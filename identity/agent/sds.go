@@ -21,16 +21,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 )
 
 // Secret names as Istio's proxies request them.
 const (
-	// SecretDefault is the workload's certificate chain and key.
-	SecretDefault = "default"
-	// SecretRootCA is the validation context for peers.
-	SecretRootCA = "ROOTCA"
 	// SPIFFEValidatorName is Envoy's SPIFFE certificate validator, used for
-	// SecretRootCA when federated trust domains exist so each peer is checked
+	// wellknown.SecretRootCA when federated trust domains exist so each peer is checked
 	// against its own trust domain's roots only.
 	SPIFFEValidatorName = "envoy.tls.cert_validator.spiffe"
 )
@@ -165,12 +163,12 @@ func (d *sdsServer) syncLocked(si *sdsIdentity, st *state) {
 		si.svid = e
 		switch {
 		case e == nil:
-			remove = append(remove, SecretDefault)
+			remove = append(remove, wellknown.SecretCertificate)
 		case e.keyErr != nil:
 			d.s.log.Error("cannot serve SDS secret: private key not exportable as PKCS#8", "spiffe_id", si.id.String(), "error", e.keyErr)
-			remove = append(remove, SecretDefault)
+			remove = append(remove, wellknown.SecretCertificate)
 		default:
-			update[SecretDefault] = tlsCertificateSecret(e)
+			update[wellknown.SecretCertificate] = tlsCertificateSecret(e)
 		}
 	}
 
@@ -181,12 +179,12 @@ func (d *sdsServer) syncLocked(si *sdsIdentity, st *state) {
 	if bgen != si.bgen {
 		si.bgen = bgen
 		if sec, err := rootCASecret(si.id.TrustDomain(), st.bundles); err != nil {
-			d.s.log.Error("cannot build SDS secret", "name", SecretRootCA, "spiffe_id", si.id.String(), "error", err)
-			remove = append(remove, SecretRootCA)
+			d.s.log.Error("cannot build SDS secret", "name", wellknown.SecretRootCA, "spiffe_id", si.id.String(), "error", err)
+			remove = append(remove, wellknown.SecretRootCA)
 		} else if sec == nil {
-			remove = append(remove, SecretRootCA)
+			remove = append(remove, wellknown.SecretRootCA)
 		} else {
-			update[SecretRootCA] = sec
+			update[wellknown.SecretRootCA] = sec
 		}
 	}
 
@@ -215,7 +213,7 @@ func inline(b []byte) *core.DataSource {
 // tlsCertificateSecret is Istio's "default": chain (leaf first) and PKCS#8 key, PEM.
 func tlsCertificateSecret(e *svidEntry) *tlsv3.Secret {
 	return &tlsv3.Secret{
-		Name: SecretDefault,
+		Name: wellknown.SecretCertificate,
 		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: inline(e.chainPEM),
 			PrivateKey:       inline(e.keyPEM),
@@ -255,7 +253,7 @@ func rootCASecret(td spiffeid.TrustDomain, b *bundleState) (*tlsv3.Secret, error
 		}
 		vc.CustomValidatorConfig = &core.TypedExtensionConfig{Name: SPIFFEValidatorName, TypedConfig: a}
 	}
-	return &tlsv3.Secret{Name: SecretRootCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}, nil
+	return &tlsv3.Secret{Name: wellknown.SecretRootCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}, nil
 }
 
 // xdsLogger routes go-control-plane's logs to slog; its Info is chatty, so Debug.

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/test/syncbuf"
 )
 
@@ -144,7 +145,7 @@ func TestSDSStreamSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Envoy opens one subscription per secret; both on one stream works too.
-	req := &discovery.DiscoveryRequest{Node: testNode, TypeUrl: resource.SecretType, ResourceNames: []string{SecretDefault, SecretRootCA}}
+	req := &discovery.DiscoveryRequest{Node: testNode, TypeUrl: resource.SecretType, ResourceNames: []string{wellknown.SecretCertificate, wellknown.SecretRootCA}}
 	if err := stream.Send(req); err != nil {
 		t.Fatal(err)
 	}
@@ -156,8 +157,8 @@ func TestSDSStreamSecrets(t *testing.T) {
 	if len(secrets) != 2 {
 		t.Fatalf("got %d secrets", len(secrets))
 	}
-	checkDefault(t, secrets[SecretDefault], h.svidA)
-	roots := pemCerts(t, secrets[SecretRootCA].GetValidationContext().GetTrustedCa().GetInlineBytes())
+	checkDefault(t, secrets[wellknown.SecretCertificate], h.svidA)
+	roots := pemCerts(t, secrets[wellknown.SecretRootCA].GetValidationContext().GetTrustedCa().GetInlineBytes())
 	if len(roots) != 1 || !sameCert(roots[0], h.ca.cert) {
 		t.Fatalf("ROOTCA trusted_ca: %d certs", len(roots))
 	}
@@ -175,10 +176,10 @@ func TestSDSStreamSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets = secretsOf(t, resp2.GetResources())
-	if len(secrets) != 1 || secrets[SecretDefault] == nil {
+	if len(secrets) != 1 || secrets[wellknown.SecretCertificate] == nil {
 		t.Fatalf("after rotation got %v", keys(secrets))
 	}
-	checkDefault(t, secrets[SecretDefault], rotated)
+	checkDefault(t, secrets[wellknown.SecretCertificate], rotated)
 	if resp2.GetVersionInfo() == resp.GetVersionInfo() {
 		t.Fatal("version did not change")
 	}
@@ -195,7 +196,7 @@ func TestSDSStreamSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets = secretsOf(t, resp3.GetResources())
-	rc := secrets[SecretRootCA]
+	rc := secrets[wellknown.SecretRootCA]
 	if len(secrets) != 1 || rc == nil {
 		t.Fatalf("after federation got %v", keys(secrets))
 	}
@@ -257,7 +258,7 @@ func TestSDSDeltaSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: testNode, TypeUrl: resource.SecretType,
-		ResourceNamesSubscribe: []string{SecretDefault, SecretRootCA}}); err != nil {
+		ResourceNamesSubscribe: []string{wellknown.SecretCertificate, wellknown.SecretRootCA}}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := recvTimeout(stream.Recv)
@@ -275,8 +276,8 @@ func TestSDSDeltaSecrets(t *testing.T) {
 	if len(secrets) != 2 {
 		t.Fatalf("got %v", keys(secrets))
 	}
-	checkDefault(t, secrets[SecretDefault], h.svidA)
-	checkSPIFFEValidator(t, secrets[SecretRootCA], map[string]*x509.Certificate{"example.org": h.ca.cert, "partner.test": h.fed.cert})
+	checkDefault(t, secrets[wellknown.SecretCertificate], h.svidA)
+	checkSPIFFEValidator(t, secrets[wellknown.SecretRootCA], map[string]*x509.Certificate{"example.org": h.ca.cert, "partner.test": h.fed.cert})
 
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.SecretType, ResponseNonce: resp.GetNonce()}); err != nil {
 		t.Fatal(err)
@@ -287,10 +288,10 @@ func TestSDSDeltaSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp2.GetResources()) != 1 || resp2.GetResources()[0].GetName() != SecretDefault {
+	if len(resp2.GetResources()) != 1 || resp2.GetResources()[0].GetName() != wellknown.SecretCertificate {
 		t.Fatalf("delta after rotation: %d resources", len(resp2.GetResources()))
 	}
-	checkDefault(t, secretsOf(t, []*anypb.Any{resp2.GetResources()[0].GetResource()})[SecretDefault], rotated)
+	checkDefault(t, secretsOf(t, []*anypb.Any{resp2.GetResources()[0].GetResource()})[wellknown.SecretCertificate], rotated)
 }
 
 // SDS serves the caller's first identity, and a caller without one is denied.
@@ -310,21 +311,21 @@ func TestSDSIdentitySelection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&discovery.DiscoveryRequest{Node: testNode, ResourceNames: []string{SecretDefault}}); err != nil {
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: testNode, ResourceNames: []string{wellknown.SecretCertificate}}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := recvTimeout(stream.Recv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkDefault(t, secretsOf(t, resp.GetResources())[SecretDefault], svidB)
+	checkDefault(t, secretsOf(t, resp.GetResources())[wellknown.SecretCertificate], svidB)
 
 	denied.Store(true) // the attestor runs per stream: the next one is denied
 	s2, err := client.StreamSecrets(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = s2.Send(&discovery.DiscoveryRequest{Node: testNode, ResourceNames: []string{SecretDefault}})
+	_ = s2.Send(&discovery.DiscoveryRequest{Node: testNode, ResourceNames: []string{wellknown.SecretCertificate}})
 	if _, err := recvTimeout(s2.Recv); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("denied caller: %v", err)
 	}

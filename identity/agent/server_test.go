@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 )
 
 func TestNewServerConfig(t *testing.T) {
@@ -118,7 +120,7 @@ func TestServeStopsWithOpenStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sds.Send(&discovery.DiscoveryRequest{Node: testNode, ResourceNames: []string{SecretDefault}}); err != nil {
+	if err := sds.Send(&discovery.DiscoveryRequest{Node: testNode, ResourceNames: []string{wellknown.SecretCertificate}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := sds.Recv(); err != nil {

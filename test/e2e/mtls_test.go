@@ -26,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/test/backend"
 	"github.com/palisade-mesh/palisade/test/syncbuf"
 	"github.com/palisade-mesh/palisade/xds"
@@ -112,7 +113,7 @@ func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration) *agen
 
 // leaf returns the certificate currently in the agent's files, or nil.
 func (a *agent) leaf() *x509.Certificate {
-	data, err := os.ReadFile(filepath.Join(a.CertDir, xds.CertChainFile))
+	data, err := os.ReadFile(filepath.Join(a.CertDir, wellknown.CertChainFile))
 	if err != nil {
 		return nil
 	}
