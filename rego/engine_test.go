@@ -1,0 +1,131 @@
+package rego
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+const versioned = `package t
+
+import rego.v1
+
+# result pairs the module's version with the data's: a half-applied update would
+# pair two different versions.
+result := {"module": %d, "data": data.version}
+`
+
+func policyVersion(n int) Policy {
+	return Policy{
+		Modules:  map[string]string{"t.rego": fmt.Sprintf(versioned, n)},
+		Data:     map[string]any{"version": n},
+		Revision: fmt.Sprint(n),
+	}
+}
+
+func TestEngineUpdateAndEval(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(EngineConfig{Query: "data.t.result"})
+	if e.Current() != nil {
+		t.Fatal("an engine without policy has a current policy")
+	}
+	if err := e.Update(ctx, policyVersion(1)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.Current().Eval(ctx, ast.NewObject())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := got.(map[string]any)
+	if fmt.Sprint(m["module"]) != "1" || fmt.Sprint(m["data"]) != "1" {
+		t.Fatalf("result = %v, want version 1 of module and data", m)
+	}
+}
+
+func TestEngineKeepsLastGoodPolicy(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(EngineConfig{Query: "data.t.result"})
+	if err := e.Update(ctx, policyVersion(1)); err != nil {
+		t.Fatal(err)
+	}
+	for name, module := range map[string]string{
+		"parse error":   "package t\n\nresult := {\n",
+		"compile error": "package t\n\nresult := x if {\n\ty := 1\n}\n", // x is unsafe
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := e.Update(ctx, Policy{Modules: map[string]string{"bad/t.rego": module}, Revision: "bad"})
+			if err == nil {
+				t.Fatal("a broken module was accepted")
+			}
+			if !strings.Contains(err.Error(), "bad/t.rego:") {
+				t.Errorf("error %q does not name the file and line", err)
+			}
+			if rev := e.Current().Policy.Revision; rev != "1" {
+				t.Errorf("revision in force = %q, want the last good one", rev)
+			}
+		})
+	}
+}
+
+func TestEngineUndefined(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(EngineConfig{Query: "data.t.missing"})
+	if err := e.Update(ctx, policyVersion(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Current().Eval(ctx, ast.NewObject()); !errors.Is(err, ErrUndefined) {
+		t.Fatalf("err = %v, want ErrUndefined", err)
+	}
+}
+
+// TestEngineSwapIsAtomic evaluates while updates swap policies: every decision must
+// see one policy's module and data together.
+func TestEngineSwapIsAtomic(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(EngineConfig{Query: "data.t.result"})
+	if err := e.Update(ctx, policyVersion(0)); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				got, err := e.Current().Eval(ctx, ast.NewObject())
+				if err != nil {
+					errs <- err
+					return
+				}
+				m := got.(map[string]any)
+				if fmt.Sprint(m["module"]) != fmt.Sprint(m["data"]) {
+					errs <- fmt.Errorf("decision mixed two policies: %v", m)
+					return
+				}
+			}
+		}()
+	}
+	for i := 1; i <= 30; i++ {
+		if err := e.Update(ctx, policyVersion(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
