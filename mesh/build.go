@@ -13,12 +13,15 @@ import (
 	security "istio.io/api/security/v1beta1"
 
 	"github.com/palisade-mesh/palisade/mesh/config"
+	"github.com/palisade-mesh/palisade/mesh/config/policypb"
 )
 
 // Build links decoded objects into a Snapshot: ServiceEntries become services, their
-// endpoints are gathered from inline entries and selected WorkloadEntries, and the
-// hosts and subsets routing rules refer to are resolved. Problems are reported in
-// Snapshot.Diagnostics; they never stop the rest of the mesh from being built.
+// endpoints are gathered from inline entries and selected WorkloadEntries, the hosts
+// and subsets routing rules refer to are resolved, and policies are gathered (CUSTOM
+// AuthorizationPolicies and RegoPolicy providers that do not meet are reported).
+// Problems are reported in Snapshot.Diagnostics; they never stop the rest of the mesh
+// from being built.
 func Build(version uint64, objs []config.Object) *Snapshot {
 	return BuildFrom(nil, version, objs)
 }
@@ -54,6 +57,18 @@ func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 			peerAuthentications = append(peerAuthentications, reuse(b.prev.peerAuthentications, o, func() *PeerAuthentication {
 				return newPeerAuthentication(o, spec)
 			}))
+		case *security.AuthorizationPolicy:
+			b.snap.AuthorizationPolicies = append(b.snap.AuthorizationPolicies, reuse(b.prev.authorizationPolicies, o, func() *AuthorizationPolicy {
+				return &AuthorizationPolicy{Key: o.Key, Source: o.Source, Spec: spec}
+			}))
+		case *security.RequestAuthentication:
+			b.snap.RequestAuthentications = append(b.snap.RequestAuthentications, reuse(b.prev.requestAuthentications, o, func() *RequestAuthentication {
+				return &RequestAuthentication{Key: o.Key, Source: o.Source, Spec: spec}
+			}))
+		case *policypb.RegoPolicy:
+			b.snap.RegoPolicies = append(b.snap.RegoPolicies, reuse(b.prev.regoPolicies, o, func() *RegoPolicy {
+				return &RegoPolicy{Key: o.Key, Source: o.Source, Spec: spec}
+			}))
 		case *networking.DestinationRule:
 			b.snap.DestinationRules = append(b.snap.DestinationRules, reuse(b.prev.destinationRules, o, func() *DestinationRule {
 				return &DestinationRule{
@@ -71,6 +86,7 @@ func BuildFrom(prev *Snapshot, version uint64, objs []config.Object) *Snapshot {
 	b.checkServices()
 	b.checkDestinationRules()
 	b.checkVirtualServices()
+	b.checkPolicies()
 	return b.snap
 }
 
@@ -104,10 +120,13 @@ func reuse[T built](prev map[config.Key]T, o config.Object, build func() T) T {
 }
 
 type previous struct {
-	services            map[serviceKey]*Service
-	virtualServices     map[config.Key]*VirtualService
-	destinationRules    map[config.Key]*DestinationRule
-	peerAuthentications map[config.Key]*PeerAuthentication
+	services               map[serviceKey]*Service
+	virtualServices        map[config.Key]*VirtualService
+	destinationRules       map[config.Key]*DestinationRule
+	peerAuthentications    map[config.Key]*PeerAuthentication
+	authorizationPolicies  map[config.Key]*AuthorizationPolicy
+	requestAuthentications map[config.Key]*RequestAuthentication
+	regoPolicies           map[config.Key]*RegoPolicy
 }
 
 type serviceKey struct {
@@ -119,9 +138,20 @@ func indexPrevious(s *Snapshot) previous {
 	p := previous{
 		services: map[serviceKey]*Service{}, virtualServices: map[config.Key]*VirtualService{},
 		destinationRules: map[config.Key]*DestinationRule{}, peerAuthentications: map[config.Key]*PeerAuthentication{},
+		authorizationPolicies: map[config.Key]*AuthorizationPolicy{}, requestAuthentications: map[config.Key]*RequestAuthentication{},
+		regoPolicies: map[config.Key]*RegoPolicy{},
 	}
 	if s == nil {
 		return p
+	}
+	for _, ap := range s.AuthorizationPolicies {
+		p.authorizationPolicies[ap.Key] = ap
+	}
+	for _, ra := range s.RequestAuthentications {
+		p.requestAuthentications[ra.Key] = ra
+	}
+	for _, rp := range s.RegoPolicies {
+		p.regoPolicies[rp.Key] = rp
 	}
 	for _, pa := range s.PeerAuthentications.All() {
 		p.peerAuthentications[pa.Key] = pa

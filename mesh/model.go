@@ -1,5 +1,6 @@
 // Package mesh holds Palisade's model: an immutable snapshot of the services,
-// endpoints and routing rules of the mesh, built from decoded config objects.
+// endpoints, routing rules and security policies of the mesh, built from decoded
+// config objects.
 //
 // A Snapshot is plain data. Once published nothing may modify it; a change produces a
 // new Snapshot. Translators read a Snapshot (or the View of one proxy) and never write.
@@ -28,6 +29,11 @@ type Snapshot struct {
 	// PeerAuthentications holds the PeerAuthentication policies, indexed for
 	// resolution (see ForWorkload); nil means none.
 	PeerAuthentications *PeerAuthentications
+	// AuthorizationPolicies, RequestAuthentications and RegoPolicies are sorted by
+	// namespace, then name. See NeedsExtAuthz for which workloads they concern.
+	AuthorizationPolicies  []*AuthorizationPolicy
+	RequestAuthentications []*RequestAuthentication
+	RegoPolicies           []*RegoPolicy
 	// Diagnostics lists every problem found while reading and linking the objects.
 	Diagnostics []config.Diagnostic
 }

@@ -14,3 +14,5 @@ export PATH="$GOBIN:$PATH"
 protoc --go_out=. --go_opt=paths=source_relative \
   --go-grpc_out=. --go-grpc_opt=paths=source_relative \
   identity/identitypb/ca.proto
+protoc --go_out=. --go_opt=paths=source_relative \
+  mesh/config/policypb/regopolicy.proto

@@ -94,7 +94,7 @@ func decodeDocument(src Source, doc []byte) (obj Object, skip string, err error)
 		return obj, fmt.Sprintf("kind %s in %s is not read by Palisade; skipped", env.Kind, env.APIVersion), nil
 	}
 	if !slices.Contains(info.versions, version) {
-		return obj, "", fmt.Errorf("unsupported apiVersion %s (use %s/v1)", env.APIVersion, info.group)
+		return obj, "", fmt.Errorf("unsupported apiVersion %s (use %s/%s)", env.APIVersion, info.group, info.versions[0])
 	}
 	if err := validateObjectName(obj.Name, obj.Namespace); err != nil {
 		return obj, "", err

@@ -57,6 +57,63 @@ spec:
   portLevelMtls:
     8080: {mode: DISABLE}
 `
+	authorizationPolicy = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - from:
+    - source: {namespaces: [shop, "prod-*"], ipBlocks: [10.0.0.0/8, 10.1.2.3]}
+    - source: {principals: [cluster.local/ns/shop/sa/a, "*/sa/b", "cluster.local/*"], requestPrincipals: ["*"], remoteIpBlocks: ["2001:db8::/32"]}
+    to:
+    - operation: {hosts: ["*.example.com", reviews], ports: ["9080"], methods: [GET], notMethods: [DELETE], paths: [/api/*, "*/info", /exact]}
+    when:
+    - {key: "request.headers[x-user]", values: [alice]}
+    - {key: "request.auth.claims[groups][admin]", notValues: [x]}
+    - {key: source.ip, values: [10.0.0.1]}
+    - {key: destination.port, values: ["9080"]}
+`
+	customPolicy = `apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: shop}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{to: [{operation: {paths: [/admin/*]}}]}]
+`
+	requestAuthentication = `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules:
+  - issuer: https://issuer.example.com
+    jwksUri: https://issuer.example.com/jwks.json
+    audiences: [reviews]
+    fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
+  - issuer: other
+    jwks: '{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}'
+    timeout: 5s
+`
+	regoPolicy = `apiVersion: policy.palisade.dev/v1alpha1
+kind: RegoPolicy
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  provider: opa
+  rego: |
+    package reviews
+
+    default allow := false
+
+    allow if {
+      input.attributes.request.http.method == "GET"
+      data.palisade.config.root_namespace == "istio-system"
+    }
+`
 )
 
 func TestDecodeValid(t *testing.T) {
@@ -75,6 +132,25 @@ func TestDecodeValid(t *testing.T) {
 			config.Key{Kind: config.KindPeerAuthentication, Namespace: "shop", Name: "default"}},
 		{"PeerAuthentication with an empty spec", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {}\n",
 			config.Key{Kind: config.KindPeerAuthentication, Namespace: "shop", Name: "default"}},
+		{"AuthorizationPolicy", authorizationPolicy, config.Key{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "reviews"}},
+		{"AuthorizationPolicy v1beta1", strings.Replace(authorizationPolicy, "/v1\n", "/v1beta1\n", 1), config.Key{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "reviews"}},
+		{"CUSTOM AuthorizationPolicy", customPolicy, config.Key{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "ext"}},
+		{"ALLOW nothing", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {}\n",
+			config.Key{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "deny-all"}},
+		{"DENY everything", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n",
+			config.Key{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "deny-all"}},
+		{"AUDIT", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit, namespace: shop}\nspec: {action: AUDIT, rules: [{to: [{operation: {notPorts: [\"22\"]}}]}]}\n",
+			config.Key{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "audit"}},
+		{"RequestAuthentication", requestAuthentication, config.Key{Kind: config.KindRequestAuthentication, Namespace: "shop", Name: "jwt"}},
+		{"RequestAuthentication presence OPTIONAL", strings.Replace(requestAuthentication, "timeout: 5s", "presence: OPTIONAL", 1), config.Key{Kind: config.KindRequestAuthentication, Namespace: "shop", Name: "jwt"}},
+		{"RequestAuthentication v1beta1", strings.Replace(requestAuthentication, "/v1\n", "/v1beta1\n", 1), config.Key{Kind: config.KindRequestAuthentication, Namespace: "shop", Name: "jwt"}},
+		{"RegoPolicy", regoPolicy, config.Key{Kind: config.KindRegoPolicy, Namespace: "shop", Name: "reviews"}},
+		{"RegoPolicy with decision, without selector and provider",
+			strings.NewReplacer("  selector: {matchLabels: {app: reviews}}\n  provider: opa\n", "  decision: verdict\n",
+				"default allow := false\n", "verdict := {\"allowed\": allow, \"http_status\": 418}\n").Replace(regoPolicy),
+			config.Key{Kind: config.KindRegoPolicy, Namespace: "shop", Name: "reviews"}},
+		{"RegoPolicy with a ref head decision", strings.NewReplacer("default allow := false", "allow.allowed := true", "allow if", "other if").Replace(regoPolicy),
+			config.Key{Kind: config.KindRegoPolicy, Namespace: "shop", Name: "reviews"}},
 		{"v1beta1", strings.Replace(destinationRule, "/v1\n", "/v1beta1\n", 1), config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
 		{"v1alpha3", strings.Replace(destinationRule, "/v1\n", "/v1alpha3\n", 1), config.Key{Kind: config.KindDestinationRule, Namespace: "shop", Name: "reviews"}},
 		{"default namespace", strings.Replace(destinationRule, ", namespace: shop", "", 1), config.Key{Kind: config.KindDestinationRule, Namespace: config.DefaultNamespace, Name: "reviews"}},
@@ -176,6 +252,7 @@ func TestDecodeInvalid(t *testing.T) {
 		return out
 	}
 	const se, we, vs, dr, pa = serviceEntry, workloadEntry, virtualService, destinationRule, peerAuthentication
+	const ap, cp, ra, rp = authorizationPolicy, customPolicy, requestAuthentication, regoPolicy
 	tests := []struct {
 		name string
 		doc  string
@@ -250,6 +327,99 @@ func TestDecodeInvalid(t *testing.T) {
 		{"PA port out of range", replace(pa, "8080:", "70000:"), "spec.portLevelMtls[70000]"},
 		{"PA empty port-level", replace(pa, "  portLevelMtls:\n    8080: {mode: DISABLE}\n", "  portLevelMtls: {}\n"), "spec.portLevelMtls"},
 		{"PA unknown field", replace(pa, "mtls:", "mTLS:"), "mTLS"},
+
+		{"AP unsupported version", replace(ap, "security.istio.io/v1\n", "security.istio.io/v2\n"), "apiVersion"},
+		{"AP unknown field", replace(ap, "action:", "verdict:"), "verdict"},
+		{"AP unknown action", replace(ap, "action: DENY", "action: REJECT"), "spec.action"},
+		{"AP empty selector", replace(ap, "{matchLabels: {app: reviews}}", "{}"), "spec.selector.matchLabels"},
+		{"AP wildcard in selector", replace(ap, "app: reviews", "app: 'rev*'"), "spec.selector.matchLabels[app]"},
+		{"AP targetRef", replace(ap, "  action:", "  targetRef: {kind: Service, name: reviews}\n  action:"), "spec.targetRef: not supported"},
+		{"AP targetRefs", replace(ap, "  selector: {matchLabels: {app: reviews}}\n", "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]\n"), "spec.targetRefs: not supported"},
+		{"AP DENY without rules", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {action: DENY}\n", "spec.rules"},
+		{"AP CUSTOM without provider", replace(cp, "  provider: {name: opa}\n", ""), "spec.provider.name"},
+		{"AP CUSTOM provider without name", replace(cp, "{name: opa}", "{}"), "spec.provider.name"},
+		{"AP provider without CUSTOM", replace(cp, "action: CUSTOM", "action: ALLOW"), "spec.provider: only allowed with action CUSTOM"},
+		{"AP provider with default action", replace(cp, "  action: CUSTOM\n", ""), "spec.provider: only allowed with action CUSTOM"},
+		{"AP CUSTOM without rules", replace(cp, "  rules: [{to: [{operation: {paths: [/admin/*]}}]}]\n", ""), "spec.rules"},
+		{"AP CUSTOM with principals", replace(cp, "rules: [{to:", "rules: [{from: [{source: {principals: [a]}}], to:"), "spec.rules[0].from[0].source.principals: not supported with action CUSTOM"},
+		{"AP CUSTOM with request.auth condition", replace(cp, "rules: [{to:", "rules: [{}, {when: [{key: request.auth.principal, values: [a]}], to:"), "spec.rules[1].when[0].key"},
+		{"AP from without source", replace(ap, "    - source: {namespaces", "    - {}\n    - source: {namespaces"), "spec.rules[0].from[0].source: source is required"},
+		{"AP empty source", replace(ap, "{namespaces: [shop, \"prod-*\"], ipBlocks: [10.0.0.0/8, 10.1.2.3]}", "{}"), "spec.rules[0].from[0].source: a source needs"},
+		{"AP to without operation", replace(ap, "    - operation:", "    - {}\n    - operation:"), "spec.rules[0].to[0].operation: operation is required"},
+		{"AP empty operation", replace(ap, "operation: {hosts", "operation: {}\n    - operation: {hosts"), "spec.rules[0].to[0].operation: an operation needs"},
+		{"AP wildcard inside principal", replace(ap, `"cluster.local/*"`, `"cluster.local/*/sa/c"`), "spec.rules[0].from[1].source.principals[2]"},
+		{"AP wildcards at both ends", replace(ap, `"*/sa/b"`, `"*/sa/*"`), "spec.rules[0].from[1].source.principals[1]"},
+		{"AP wildcard inside namespace", replace(ap, `"prod-*"`, `"prod-*-eu"`), "spec.rules[0].from[0].source.namespaces[1]"},
+		{"AP empty namespace", replace(ap, "[shop, ", `["", `), "spec.rules[0].from[0].source.namespaces[0]: must not be empty"},
+		{"AP wildcard inside request principal", replace(ap, `requestPrincipals: ["*"]`, `requestPrincipals: ["iss/*/sub"]`), "spec.rules[0].from[1].source.requestPrincipals[0]"},
+		{"AP wildcard inside host", replace(ap, `"*.example.com"`, `"api.*.example.com"`), "spec.rules[0].to[0].operation.hosts[0]"},
+		{"AP wildcard inside path", replace(ap, "/api/*", "/api/*/v1"), "spec.rules[0].to[0].operation.paths[0]"},
+		{"AP relative path", replace(ap, "/exact", "exact"), "spec.rules[0].to[0].operation.paths[2]: \"exact\": a path must start with /"},
+		{"AP path template", replace(ap, "/exact", `"/items/{*}"`), "spec.rules[0].to[0].operation.paths[2]: \"/items/{*}\": path templates"},
+		{"AP empty method", replace(ap, "methods: [GET]", `methods: [GET, ""]`), "spec.rules[0].to[0].operation.methods[1]: must not be empty"},
+		{"AP empty notMethod", replace(ap, "notMethods: [DELETE]", `notMethods: [""]`), "spec.rules[0].to[0].operation.notMethods[0]"},
+		{"AP port not a number", replace(ap, `ports: ["9080"]`, `ports: ["9080", http]`), "spec.rules[0].to[0].operation.ports[1]"},
+		{"AP port 0", replace(ap, `ports: ["9080"]`, `ports: ["0"]`), "spec.rules[0].to[0].operation.ports[0]: \"0\" is not a port number"},
+		{"AP port out of range", replace(ap, `ports: ["9080"]`, `notPorts: ["65536"]`), "spec.rules[0].to[0].operation.notPorts[0]"},
+		{"AP port as a number", replace(ap, `ports: ["9080"]`, `ports: [9080]`), `spec.rules[0].to[0].operation.ports[0]: 9080 is not a string (quote it: "9080")`},
+		{"AP label value as a number", replace(ap, "app: reviews", "version: 1"), "spec.selector.matchLabels[version]: 1 is not a string"},
+		{"AP bad ipBlock", replace(ap, "10.0.0.0/8", "10.0.0.0/33"), "spec.rules[0].from[0].source.ipBlocks[0]"},
+		{"AP bad remoteIpBlock", replace(ap, `"2001:db8::/32"`, "proxy.example.com"), "spec.rules[0].from[1].source.remoteIpBlocks[0]"},
+		{"AP serviceAccounts", replace(ap, `requestPrincipals: ["*"]`, "serviceAccounts: [shop/a]"), "spec.rules[0].from[1].source.serviceAccounts: not supported by Palisade yet; use principals"},
+		{"AP notServiceAccounts only", replace(ap, `namespaces: [shop, "prod-*"], ipBlocks: [10.0.0.0/8, 10.1.2.3]`, "notServiceAccounts: [shop/a]"), "spec.rules[0].from[0].source.notServiceAccounts: not supported"},
+		{"AP trustDomains", replace(ap, `namespaces: [shop, "prod-*"]`, "trustDomains: [cluster.local]"), "spec.rules[0].from[0].source.trustDomains: not supported"},
+		{"AP notTrustDomains", replace(ap, `namespaces: [shop, "prod-*"]`, "notTrustDomains: [other.local]"), "spec.rules[0].from[0].source.notTrustDomains: not supported"},
+		{"AP unknown condition key", replace(ap, "key: source.ip", "key: request.method"), "spec.rules[0].when[2].key: unknown key \"request.method\""},
+		{"AP header key without name", replace(ap, `"request.headers[x-user]"`, "request.headers"), "spec.rules[0].when[0].key"},
+		{"AP header key with two names", replace(ap, `"request.headers[x-user]"`, `"request.headers[a][b]"`), "spec.rules[0].when[0].key"},
+		{"AP claim key with empty name", replace(ap, `"request.auth.claims[groups][admin]"`, `"request.auth.claims[]"`), "spec.rules[0].when[1].key"},
+		{"AP claim key unclosed", replace(ap, `"request.auth.claims[groups][admin]"`, `"request.auth.claims[groups"`), "spec.rules[0].when[1].key"},
+		{"AP envoy filter key", replace(ap, "key: source.ip", `key: "experimental.envoy.filters.network.mysql_proxy[db.table]"`), "spec.rules[0].when[2].key: \"experimental.envoy.filters.network.mysql_proxy[db.table]\": experimental.envoy.filters.* keys are not supported"},
+		{"AP empty condition key", replace(ap, "key: source.ip, ", ""), "spec.rules[0].when[2].key: key is required"},
+		{"AP condition without values", replace(ap, "notValues: [x]", "values: []"), "spec.rules[0].when[1]: a condition needs values or notValues"},
+		{"AP condition bad IP", replace(ap, "values: [10.0.0.1]", "values: [10.0.0.1, localhost]"), "spec.rules[0].when[2].values[1]"},
+		{"AP condition bad port", replace(ap, `values: ["9080"]`, `notValues: ["http"]`), "spec.rules[0].when[3].notValues[0]"},
+
+		{"RA unsupported version", replace(ra, "security.istio.io/v1\n", "security.istio.io/v1alpha1\n"), "apiVersion"},
+		{"RA unknown field", replace(ra, "jwksUri:", "jwks_url:"), "jwks_url"},
+		{"RA wildcard selector", replace(ra, "app: reviews", "'*': reviews"), "spec.selector.matchLabels[*]"},
+		{"RA targetRef", replace(ra, "  jwtRules:", "  targetRef: {kind: Gateway, name: gw}\n  jwtRules:"), "spec.targetRef"},
+		{"RA no issuer", replace(ra, "- issuer: https://issuer.example.com\n    jwksUri", "- jwksUri"), "spec.jwtRules[0].issuer: issuer is required"},
+		{"RA empty audience", replace(ra, "audiences: [reviews]", `audiences: [reviews, ""]`), "spec.jwtRules[0].audiences[1]"},
+		{"RA jwks and jwksUri", replace(ra, "    timeout: 5s\n", "    jwksUri: https://other.example.com/keys\n"), "spec.jwtRules[1].jwks: only one of jwks and jwksUri"},
+		{"RA jwks not JSON", replace(ra, `'{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}'`, "'not json'"), "spec.jwtRules[1].jwks: not a JSON Web Key Set"},
+		{"RA jwks without keys", replace(ra, `'{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}'`, `'{"keys": []}'`), "spec.jwtRules[1].jwks: not a JSON Web Key Set: no keys"},
+		{"RA jwks a single key", replace(ra, `'{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}'`, `'{"kty": "EC"}'`), "spec.jwtRules[1].jwks: not a JSON Web Key Set: no keys"},
+		{"RA jwks key without kty", replace(ra, `"kty": "EC", `, ""), "spec.jwtRules[1].jwks: keys[0] is not a JSON Web Key"},
+		{"RA jwksUri not http", replace(ra, "jwksUri: https://issuer.example.com/jwks.json", "jwksUri: file:///etc/jwks.json"), "spec.jwtRules[0].jwksUri"},
+		{"RA jwksUri relative", replace(ra, "jwksUri: https://issuer.example.com/jwks.json", "jwksUri: /jwks.json"), "spec.jwtRules[0].jwksUri"},
+		{"RA fromHeaders without name", replace(ra, "{name: x-jwt, prefix: \"Bearer \"}", "{name: x-jwt}, {prefix: \"Bearer \"}"), "spec.jwtRules[0].fromHeaders[1].name"},
+		{"RA empty fromParams", replace(ra, "    audiences:", "    fromParams: [\"\"]\n    audiences:"), "spec.jwtRules[0].fromParams[0]"},
+		{"RA bad claim header", replace(ra, "header: x-sub", "header: 'x sub'"), "spec.jwtRules[0].outputClaimToHeaders[0].header"},
+		{"RA claim header without claim", replace(ra, ", claim: sub", ""), "spec.jwtRules[0].outputClaimToHeaders[0].claim"},
+		{"RA zero timeout", replace(ra, "timeout: 5s", "timeout: 0s"), "spec.jwtRules[1].timeout"},
+		{"RA unknown presence", replace(ra, "timeout: 5s", "presence: MAYBE"), "spec.jwtRules[1].presence"},
+		{"RA presence REQUIRED", replace(ra, "timeout: 5s", "presence: REQUIRED"), "spec.jwtRules[1].presence: REQUIRED is not supported"},
+		{"RA spaceDelimitedClaims", replace(ra, "timeout: 5s", "spaceDelimitedClaims: [scope]"), "spec.jwtRules[1].spaceDelimitedClaims: not supported"},
+
+		{"RP unsupported version", replace(rp, "palisade.dev/v1alpha1\n", "palisade.dev/v1\n"), "use policy.palisade.dev/v1alpha1"},
+		{"RP unknown field", replace(rp, "rego:", "module:"), "module"},
+		{"RP no rego", "apiVersion: policy.palisade.dev/v1alpha1\nkind: RegoPolicy\nmetadata: {name: x}\nspec: {provider: opa}\n", "spec.rego: a Rego module is required"},
+		{"RP empty rego", rp[:strings.Index(rp, "  rego:")] + "  rego: \"  \"\n", "spec.rego: a Rego module is required"},
+		{"RP empty selector", replace(rp, "{matchLabels: {app: reviews}}", "{matchLabels: {}}"), "spec.selector.matchLabels"},
+		{"RP wildcard selector", replace(rp, "app: reviews", "app: '*'"), "spec.selector.matchLabels[app]"},
+		{"RP parse error", replace(rp, "default allow := false", "default allow := := false"), "spec.rego: line 3, column"},
+		{"RP parse error at the end", replace(rp, "      data.palisade.config.root_namespace == \"istio-system\"\n    }\n", "      data.palisade.config.root_namespace == \"istio-system\"\n"), "spec.rego: line "},
+		{"RP Rego v0 syntax", replace(rp, "allow if {", "allow {"), "spec.rego: line 5, column"},
+		{"RP no package", replace(rp, "    package reviews\n", ""), "spec.rego: line 2, column 1: rego_parse_error: package expected"},
+		{"RP only comments", rp[:strings.Index(rp, "  rego:")] + "  rego: \"# nothing\\n\"\n", "spec.rego: rego_parse_error: empty module"},
+		{"RP compile error", replace(rp, "data.palisade.config.root_namespace ==", "x =="), "spec.rego: line 7, column 3: rego_unsafe_var_error: var x is unsafe"},
+		{"RP unknown function", replace(rp, "data.palisade.config.root_namespace", "no_such_function(1)"), "spec.rego: line 7, column 3: rego_type_error: undefined function no_such_function"},
+		{"RP decision not defined", replace(rp, "  provider: opa\n", "  decision: verdict\n"), "spec.decision: the module defines no rule verdict"},
+		{"RP default decision not defined", replace(rp, "allow", "permit"), "spec.decision: the module defines no rule allow"},
+		{"RP decision not a name", replace(rp, "  provider: opa\n", "  decision: data.x.allow\n"), "spec.decision: \"data.x.allow\" is not a rule name"},
+		{"RP decision a function", replace(rp, "  provider: opa\n", "  decision: f\n", "default allow := false", "f(x) := x"), "spec.decision: f is a function"},
+		{"RP decision a set", replace(rp, "default allow := false", "deny contains \"no\" if input.x", "  provider: opa\n", "  decision: deny\n"), "spec.decision: deny is a set"},
 
 		{"DR port settings without port", replace(dr, "subsets:", "trafficPolicy: {portLevelSettings: [{}]}\n  subsets:"),
 			"spec.trafficPolicy.portLevelSettings[0].port"},

@@ -17,8 +17,8 @@ import (
 // which Istio accepts, into the protobuf JSON form ("0.500s") that protojson reads.
 // v is a decoded JSON value of message type md found at field path path; it is
 // changed in place. A value that is a duration in neither form, or an enum value
-// that is not one of the enum's names, is added to errs with its field path, which
-// protojson's own error would not name.
+// that is not one of the enum's names, or a string field given another type, is added
+// to errs with its field path, which protojson's own error would not name.
 func normalizeDurations(md protoreflect.MessageDescriptor, v any, path string, errs *[]error) {
 	obj, ok := v.(map[string]any)
 	if !ok {
@@ -33,7 +33,7 @@ func normalizeDurations(md protoreflect.MessageDescriptor, v any, path string, e
 		if fd == nil {
 			continue
 		}
-		if checkEnums(fd, val, path+"."+key, errs) {
+		if checkEnums(fd, val, path+"."+key, errs) || checkStrings(fd, val, path+"."+key, errs) {
 			continue
 		}
 		if fd.Message() == nil {
@@ -132,6 +132,45 @@ func checkEnums(fd protoreflect.FieldDescriptor, val any, field string, errs *[]
 			names[i] = string(ed.Values().Get(i).Name())
 		}
 		*errs = append(*errs, fmt.Errorf("%s: unknown value %s (use one of %s)", field, got, strings.Join(names, ", ")))
+	}
+	switch {
+	case fd.IsList():
+		if list, ok := val.([]any); ok {
+			for i, x := range list {
+				check(fmt.Sprintf("%s[%d]", field, i), x)
+			}
+		}
+	case fd.IsMap():
+		if m, ok := val.(map[string]any); ok {
+			for k, x := range m {
+				check(fmt.Sprintf("%s[%s]", field, k), x)
+			}
+		}
+	default:
+		check(field, val)
+	}
+	return true
+}
+
+// checkStrings reports values of string field fd (a single value, a list or a map's
+// values) that are not strings, such as a port written 8080 where the API takes
+// "8080", and whether fd holds strings at all.
+func checkStrings(fd protoreflect.FieldDescriptor, val any, field string, errs *[]error) bool {
+	kind := fd.Kind()
+	if fd.IsMap() {
+		kind = fd.MapValue().Kind()
+	}
+	if kind != protoreflect.StringKind {
+		return false
+	}
+	check := func(field string, x any) {
+		switch x := x.(type) {
+		case nil, string:
+		case float64, bool: // YAML reads 8080 as a number, an unquoted yes/no as a boolean
+			*errs = append(*errs, fmt.Errorf("%s: %v is not a string (quote it: \"%v\")", field, x, x))
+		default:
+			*errs = append(*errs, fmt.Errorf("%s: must be a string", field))
+		}
 	}
 	switch {
 	case fd.IsList():

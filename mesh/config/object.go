@@ -1,7 +1,9 @@
-// Package config decodes and validates the configuration objects Palisade accepts
-// (Istio's networking.istio.io/v1 kinds and security.istio.io/v1 PeerAuthentication). It is shared by every config source and by
-// `palisadectl analyze`, so that a file, the Kubernetes API and the CLI agree on what
-// is valid.
+// Package config decodes and validates the configuration objects Palisade accepts:
+// Istio's networking.istio.io/v1 kinds, the security.istio.io/v1 kinds
+// PeerAuthentication, AuthorizationPolicy and RequestAuthentication, and Palisade's
+// own policy.palisade.dev/v1alpha1 RegoPolicy. It is shared by every config source
+// and by `palisadectl analyze`, so that a file, the Kubernetes API and the CLI agree
+// on what is valid.
 package config
 
 import (
@@ -10,26 +12,33 @@ import (
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
+
+	"github.com/palisade-mesh/palisade/mesh/config/policypb"
 )
 
 // Kind names a supported object kind.
 type Kind string
 
 // The kinds Palisade reads: those of the networking.istio.io group (v1, v1beta1 and
-// v1alpha3 are accepted since they share one schema) and PeerAuthentication of the
-// security.istio.io group (v1 and v1beta1).
+// v1alpha3 are accepted since they share one schema), PeerAuthentication,
+// AuthorizationPolicy and RequestAuthentication of the security.istio.io group (v1
+// and v1beta1), and RegoPolicy of Palisade's policy.palisade.dev group (v1alpha1).
 const (
-	KindServiceEntry       Kind = "ServiceEntry"
-	KindWorkloadEntry      Kind = "WorkloadEntry"
-	KindVirtualService     Kind = "VirtualService"
-	KindDestinationRule    Kind = "DestinationRule"
-	KindPeerAuthentication Kind = "PeerAuthentication"
+	KindServiceEntry          Kind = "ServiceEntry"
+	KindWorkloadEntry         Kind = "WorkloadEntry"
+	KindVirtualService        Kind = "VirtualService"
+	KindDestinationRule       Kind = "DestinationRule"
+	KindPeerAuthentication    Kind = "PeerAuthentication"
+	KindAuthorizationPolicy   Kind = "AuthorizationPolicy"
+	KindRequestAuthentication Kind = "RequestAuthentication"
+	KindRegoPolicy            Kind = "RegoPolicy"
 )
 
 // The API groups of the supported kinds.
 const (
 	NetworkingGroup = "networking.istio.io"
 	SecurityGroup   = "security.istio.io"
+	PolicyGroup     = "policy.palisade.dev"
 )
 
 // kindInfo says which group a kind belongs to and which versions of it are read.
@@ -39,14 +48,20 @@ type kindInfo struct {
 }
 
 var kinds = map[Kind]kindInfo{
-	KindServiceEntry:       {NetworkingGroup, networkingVersions},
-	KindWorkloadEntry:      {NetworkingGroup, networkingVersions},
-	KindVirtualService:     {NetworkingGroup, networkingVersions},
-	KindDestinationRule:    {NetworkingGroup, networkingVersions},
-	KindPeerAuthentication: {SecurityGroup, []string{"v1", "v1beta1"}},
+	KindServiceEntry:          {NetworkingGroup, networkingVersions},
+	KindWorkloadEntry:         {NetworkingGroup, networkingVersions},
+	KindVirtualService:        {NetworkingGroup, networkingVersions},
+	KindDestinationRule:       {NetworkingGroup, networkingVersions},
+	KindPeerAuthentication:    {SecurityGroup, securityVersions},
+	KindAuthorizationPolicy:   {SecurityGroup, securityVersions},
+	KindRequestAuthentication: {SecurityGroup, securityVersions},
+	KindRegoPolicy:            {PolicyGroup, []string{"v1alpha1"}},
 }
 
-var networkingVersions = []string{"v1", "v1beta1", "v1alpha3"}
+var (
+	networkingVersions = []string{"v1", "v1beta1", "v1alpha3"}
+	securityVersions   = []string{"v1", "v1beta1"}
+)
 
 // newSpec returns an empty spec message for a kind, or nil for an unsupported kind.
 func newSpec(k Kind) proto.Message {
@@ -61,6 +76,12 @@ func newSpec(k Kind) proto.Message {
 		return &networking.DestinationRule{}
 	case KindPeerAuthentication:
 		return &security.PeerAuthentication{}
+	case KindAuthorizationPolicy:
+		return &security.AuthorizationPolicy{}
+	case KindRequestAuthentication:
+		return &security.RequestAuthentication{}
+	case KindRegoPolicy:
+		return &policypb.RegoPolicy{}
 	}
 	return nil
 }
@@ -101,7 +122,11 @@ type Object struct {
 	Key
 	Labels map[string]string
 	Source Source
-	Spec   proto.Message // *networking.ServiceEntry, ..., *security.PeerAuthentication
+	// Spec is one of *networking.ServiceEntry, *networking.WorkloadEntry,
+	// *networking.VirtualService, *networking.DestinationRule,
+	// *security.PeerAuthentication, *security.AuthorizationPolicy,
+	// *security.RequestAuthentication and *policypb.RegoPolicy, by Kind.
+	Spec proto.Message
 }
 
 // Severity of a diagnostic.

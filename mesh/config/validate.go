@@ -9,9 +9,12 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	networking "istio.io/api/networking/v1alpha3"
 	security "istio.io/api/security/v1beta1"
+
+	"github.com/palisade-mesh/palisade/mesh/config/policypb"
 )
 
 // Validate checks an object's spec against the rules Istio documents for its kind.
@@ -29,6 +32,12 @@ func Validate(obj Object) error {
 		v.destinationRule(s)
 	case *security.PeerAuthentication:
 		v.peerAuthentication(s)
+	case *security.AuthorizationPolicy:
+		v.authorizationPolicy(s)
+	case *security.RequestAuthentication:
+		v.requestAuthentication(s)
+	case *policypb.RegoPolicy:
+		v.regoPolicy(s)
 	default:
 		return fmt.Errorf("unsupported spec type %T", obj.Spec)
 	}
@@ -360,20 +369,7 @@ func (v *validator) trafficPolicy(f string, tp *networking.TrafficPolicy) {
 // (they name ports of the selected workloads), a selector names at least one label,
 // without wildcards, and modes are known values.
 func (v *validator) peerAuthentication(s *security.PeerAuthentication) {
-	if sel := s.Selector; sel != nil {
-		if len(sel.MatchLabels) == 0 {
-			v.errorf("spec.selector.matchLabels", "a selector needs at least one label (leave the selector out for a namespace-wide policy)")
-		}
-		for _, k := range sortedKeys(sel.MatchLabels) {
-			f := fmt.Sprintf("spec.selector.matchLabels[%s]", k)
-			switch {
-			case k == "":
-				v.errorf(f, "a label name must not be empty")
-			case strings.Contains(k, "*") || strings.Contains(sel.MatchLabels[k], "*"):
-				v.errorf(f, "wildcards are not supported in selectors")
-			}
-		}
-	}
+	v.workloadSelector("spec.selector", s.Selector)
 	v.mtlsMode("spec.mtls.mode", s.Mtls)
 	if len(s.PortLevelMtls) > 0 && len(s.Selector.GetMatchLabels()) == 0 {
 		v.errorf("spec.portLevelMtls", "port-level mTLS needs a selector: a mesh- or namespace-wide policy cannot have it")
@@ -382,6 +378,34 @@ func (v *validator) peerAuthentication(s *security.PeerAuthentication) {
 		f := fmt.Sprintf("spec.portLevelMtls[%d]", port)
 		v.port(f, port)
 		v.mtlsMode(f+".mode", s.PortLevelMtls[port])
+	}
+}
+
+// selectorMessage is a policy's selector: Istio's type.v1beta1.WorkloadSelector or
+// RegoPolicy's copy of it, both a message with matchLabels.
+type selectorMessage interface {
+	ProtoReflect() protoreflect.Message
+	GetMatchLabels() map[string]string
+}
+
+// workloadSelector checks a policy's selector at field f, if set: it names at
+// least one label, and neither names nor values have wildcards.
+func (v *validator) workloadSelector(f string, sel selectorMessage) {
+	if !sel.ProtoReflect().IsValid() { // a nil message: no selector
+		return
+	}
+	labels := sel.GetMatchLabels()
+	if len(labels) == 0 {
+		v.errorf(f+".matchLabels", "a selector needs at least one label (leave the selector out for a namespace-wide policy)")
+	}
+	for _, k := range sortedKeys(labels) {
+		lf := fmt.Sprintf("%s.matchLabels[%s]", f, k)
+		switch {
+		case k == "":
+			v.errorf(lf, "a label name must not be empty")
+		case strings.Contains(k, "*") || strings.Contains(labels[k], "*"):
+			v.errorf(lf, "wildcards are not supported in selectors")
+		}
 	}
 }
 
