@@ -52,6 +52,7 @@ type options struct {
 	certDir           string
 	svidTTL           time.Duration
 	monitoringAddress string
+	authz             authzOptions
 }
 
 func main() {
@@ -68,11 +69,15 @@ func main() {
 	fs.IntVar(&o.socketGroup, "socket-group", -1, "group ID to own the socket (-1: unchanged)")
 	fs.StringVar(&o.certDir, "cert-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem into this directory, replaced atomically on renewal (for proxyless gRPC's file_watcher and apps that read files)")
 	fs.DurationVar(&o.svidTTL, "svid-ttl", 0, "X.509-SVID lifetime to ask for (0: the CA's default); the agent renews at half of it")
+	fs.StringVar(&o.authz.bundleURL, "policy-bundle-url", "", "run the local ext_authz endpoint, deciding by the policy bundle at this URL (palisaded's --policy-bundle-address, e.g. http://palisaded:15016/bundles/palisade); empty: no local ext_authz")
+	fs.StringVar(&o.authz.bundleKey, "policy-bundle-key", "", "PEM public key the policy bundles must be signed with (palisaded writes it to DATA_DIR/policy/bundle-signing-key.pub.pem); required with --policy-bundle-url")
+	fs.StringVar(&o.authz.address, "authz-address", "127.0.0.1:9191", "address of the local ext_authz gRPC endpoint (with --policy-bundle-url)")
+	fs.StringVar(&o.authz.decisionLog, "decision-log", "", "write every local ext_authz decision as a JSON line in OPA's decision log format to this file (\"-\": standard output); secrets are masked (default: off)")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15020", "address for /metrics, /healthz/ready (ready once every identity has an SVID) and /debug/pprof/; empty disables it")
 	var common cli.Common
 	common.Register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: palisade-agent --spiffe-id ID --token-file FILE [flags]\n   or: palisade-agent --workloads FILE [flags]\n\nObtains SPIFFE identities from palisaded and serves them to workloads over a\nUnix socket: the SPIFFE Workload API and Envoy SDS.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: palisade-agent --spiffe-id ID --token-file FILE [flags]\n   or: palisade-agent --workloads FILE [flags]\n\nObtains SPIFFE identities from palisaded and serves them to workloads over a\nUnix socket: the SPIFFE Workload API and Envoy SDS. With --policy-bundle-url,\nalso decides the workload's requests on a local ext_authz endpoint by the\npolicy bundles palisaded serves.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	log := common.Parse(fs, "palisade-agent", os.Args[1:])
@@ -143,6 +148,15 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var local *localAuthz
+	if o.authz.bundleURL != "" {
+		if o.authz.bundleKey == "" {
+			return fmt.Errorf("--policy-bundle-key is required with --policy-bundle-url")
+		}
+		if local, err = newLocalAuthz(o.authz, log, reg); err != nil {
+			return err
+		}
+	}
 	log.Info("palisade-agent starting", "version", buildinfo.String(), "socket", o.socket, "ca_address", o.caAddress, "identities", len(workloads))
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -150,6 +164,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	for _, k := range keepers {
 		wg.Go(func() { _ = k.Run(ctx) })
+	}
+	if local != nil {
+		wg.Go(func() {
+			if err := local.run(ctx); err != nil {
+				log.Error("local ext_authz stopped", "error", err)
+			}
+		})
 	}
 	if o.monitoringAddress != "" {
 		stopMonitoring, err := serveMonitoring(o.monitoringAddress, reg, func() bool { return a.ready(workloads) }, log)

@@ -23,6 +23,8 @@ func commands() []command {
 		{"analyze", "validate a configuration directory offline", runAnalyze},
 		{"proxy-config", "print the configuration a connected proxy gets from palisaded", runProxyConfig},
 		{"bootstrap", "write the bootstrap of a proxyless gRPC app (JSON) or an Envoy sidecar (YAML)", runBootstrap},
+		{"authz", "explain the decision the mesh's policies make for a request (authz explain)", runAuthz},
+		{"policy", "run a Rego policy bundle's tests with the mesh library loaded (policy test)", runPolicy},
 		{"identity", "create bootstrap tokens for workload identities (identity token create)", runIdentity},
 		{"version", "print the version", runVersion},
 	}

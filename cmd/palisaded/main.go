@@ -1,9 +1,11 @@
 // Command palisaded is Palisade's control plane: it reads the mesh configuration,
-// translates it for every connected proxy and serves it over xDS.
+// translates it for every connected proxy and serves it over xDS, and decides
+// requests by the mesh's policies.
 //
 // The pipeline is wired here, in one place:
 //
-//	config source (YAML directory) → mesh.Snapshot → xds translators → xDS server
+//	config source (YAML directory) → mesh.Snapshot ┬→ xds translators → xDS server
+//	                                               └→ authz.Policy → rego.Engine → ext_authz, OPA bundles
 package main
 
 import (
@@ -28,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/palisade-mesh/palisade/authz"
 	"github.com/palisade-mesh/palisade/cmd/internal/buildinfo"
 	"github.com/palisade-mesh/palisade/cmd/internal/cli"
 	"github.com/palisade-mesh/palisade/cmd/internal/defaults"
@@ -43,12 +46,13 @@ type options struct {
 	maxFullPushes     int
 	memoryLimit       string
 	identity          identityOptions
+	policy            policyOptions
 }
 
 func main() {
 	var o options
 	fs := flag.NewFlagSet("palisaded", flag.ContinueOnError)
-	fs.StringVar(&o.configDir, "config-dir", "/etc/palisade/config", "directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule), watched for changes")
+	fs.StringVar(&o.configDir, "config-dir", "/etc/palisade/config", "directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication) and Palisade RegoPolicy objects, watched for changes")
 	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "address of the xDS (ADS) gRPC server")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15014", "address of the HTTP server for /metrics, /healthz/ready and /debug/")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
@@ -65,10 +69,13 @@ func main() {
 	fs.DurationVar(&id.caTTL, "ca-ttl", 365*24*time.Hour, "lifetime of a self-generated root; the next root is prepared at half of it and activated at three quarters")
 	fs.Var(&id.federatedFiles, "federate", "trust another trust domain: TRUST_DOMAIN=BUNDLE_FILE (SPIFFE bundle JSON or PEM); repeatable")
 	fs.Var(&id.dnsNames, "ca-dns-name", "DNS name to put in palisaded's serving certificate, besides its SPIFFE ID; repeatable")
+	fs.StringVar(&o.policy.authzAddress, "authz-address", "127.0.0.1:9191", "address of the Envoy ext_authz gRPC server (envoy.service.auth.v3.Authorization) deciding requests by the mesh's policies; empty disables it")
+	fs.StringVar(&o.policy.bundleAddress, "policy-bundle-address", "127.0.0.1:15016", "address of the HTTP server of OPA policy bundles (GET /bundles/palisade, signed; public key at /bundles-signing-key.pem) for palisade-agent and stock OPAs; empty disables it")
+	fs.StringVar(&o.policy.decisionLog, "decision-log", "", "write every ext_authz decision as a JSON line in OPA's decision log format to this file (\"-\": standard output); secrets in headers are masked (default: off)")
 	var common cli.Common
 	common.Register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS, and issues SPIFFE identities\nto palisade-agent from its CA.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS, issues SPIFFE identities\nto palisade-agent from its CA, and decides requests by the mesh's policies\n(ext_authz) and serves them as OPA bundles.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	log := common.Parse(fs, "palisaded", os.Args[1:])
@@ -119,6 +126,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	policy, err := newPolicyService(o.policy, o.identity.dataDir, log, reg)
+	if err != nil {
+		return err
+	}
+	var snapshot atomic.Pointer[mesh.Snapshot]
 	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg, MaxFullPushes: o.maxFullPushes, TrustDomain: o.identity.trustDomain})
 	var ready atomic.Bool
 	source := filesource.New(filesource.Config{
@@ -126,6 +138,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		Logger:     log,
 		Registerer: reg,
 		Publish: func(s *mesh.Snapshot) {
+			snapshot.Store(s)
+			policy.publish(s)
 			xds.SetSnapshot(s)
 			ready.Store(true)
 		},
@@ -133,16 +147,19 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 
 	ids, err := newIdentityService(o.identity, log, reg)
 	if err != nil {
+		policy.close()
 		return err
 	}
 	xdsListener, err := xds.Listen()
 	if err != nil {
 		ids.close()
+		policy.close()
 		return err
 	}
 	monListener, err := net.Listen("tcp", o.monitoringAddress)
 	if err != nil {
 		ids.close()
+		policy.close()
 		xdsListener.Close()
 		return fmt.Errorf("monitoring: listening on %s: %w", o.monitoringAddress, err)
 	}
@@ -167,11 +184,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			fmt.Fprintln(w, d)
 		}
 	})
+	mux.Handle("POST /debug/authz/explain", authz.ExplainHandler(policy.authz, snapshot.Load, o.identity.trustDomain))
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, buildinfo.String()) })
 	monitoring := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	log.Info("palisaded starting", "version", buildinfo.String(), "config_dir", o.configDir,
 		"xds_address", xdsListener.Addr().String(), "monitoring_address", monListener.Addr().String(),
+		"authz_address", o.policy.authzAddress, "policy_bundle_address", o.policy.bundleAddress,
 		"trust_domain", o.identity.trustDomain, "ca_address", ids.apiL.Addr().String(), "data_dir", o.identity.dataDir)
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -185,7 +204,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			return nil
 		},
-	}, ids.runners()...)
+	}, append(ids.runners(), policy.runners()...)...)
 	errs := make(chan error, len(runners))
 	for _, r := range runners {
 		go func() { errs <- r(ctx) }()

@@ -83,10 +83,13 @@ type daemon struct {
 	XDSAddr string
 	MonAddr string
 	CAAddr  string
-	cmd     *exec.Cmd
-	out     *syncbuf.Buffer
-	exited  chan struct{}
-	waitErr error
+	// AuthzAddr is the ext_authz endpoint, BundleAddr the policy bundle server;
+	// decisions are logged to DecisionLog.
+	AuthzAddr, BundleAddr, DecisionLog string
+	cmd                                *exec.Cmd
+	out                                *syncbuf.Buffer
+	exited                             chan struct{}
+	waitErr                            error
 }
 
 // startPalisaded runs the palisaded binary on dir with free loopback ports and waits
@@ -95,6 +98,7 @@ type daemon struct {
 func startPalisaded(t *testing.T, dir string) *daemon {
 	t.Helper()
 	d := &daemon{Dir: dir, DataDir: t.TempDir()}
+	d.DecisionLog = filepath.Join(d.DataDir, "decisions.log")
 	d.start(t, false)
 	t.Cleanup(func() {
 		d.stop()
@@ -114,6 +118,7 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 	for attempt := 0; attempt < 3; attempt++ {
 		if !keepPorts || attempt > 0 {
 			d.XDSAddr, d.MonAddr, d.CAAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+			d.AuthzAddr, d.BundleAddr = freeAddr(t), freeAddr(t)
 		}
 		d.out = &syncbuf.Buffer{}
 		d.exited = make(chan struct{})
@@ -124,6 +129,9 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 			"--data-dir", d.DataDir,
 			"--ca-address", d.CAAddr,
 			"--bundle-endpoint-address", "",
+			"--authz-address", d.AuthzAddr,
+			"--policy-bundle-address", d.BundleAddr,
+			"--decision-log", d.DecisionLog,
 			"--log-level", "debug",
 		)
 		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out

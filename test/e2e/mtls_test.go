@@ -74,8 +74,9 @@ type agent struct {
 }
 
 // startAgent creates a bootstrap token with palisadectl and starts palisade-agent
-// for spiffe://cluster.local/ns/NS/sa/SA, asking for SVIDs of the given lifetime.
-func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration) *agent {
+// for spiffe://cluster.local/ns/NS/sa/SA, asking for SVIDs of the given lifetime,
+// with extra flags.
+func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration, extra ...string) *agent {
 	t.Helper()
 	dir := t.TempDir()
 	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", ns, sa)
@@ -89,6 +90,7 @@ func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration) *agen
 	cmd := exec.Command(agentBin, "--ca-address", d.CAAddr, "--ca-bundle", filepath.Join(d.DataDir, "root-cert.pem"),
 		"--spiffe-id", id, "--token-file", tokenFile, "--socket", a.Socket,
 		"--cert-dir", a.CertDir, "--svid-ttl", ttl.String(), "--monitoring-address", "", "--log-level", "debug")
+	cmd.Args = append(cmd.Args, extra...)
 	cmd.Stdout, cmd.Stderr = a.out, a.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

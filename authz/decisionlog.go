@@ -1,0 +1,331 @@
+package authz
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// DecisionLogConfig configures a DecisionLog.
+type DecisionLogConfig struct {
+	// Writer receives one JSON object per line, in OPA's decision log format.
+	Writer io.Writer
+	// Buffer is how many decisions may wait to be written (default 4096). When it
+	// is full, decisions are dropped and counted rather than slowing requests.
+	Buffer int
+	// Labels go into every entry ("id" names the instance, "version" Palisade's
+	// version), as OPA's do.
+	Labels map[string]string
+	// Path is the decision's path in the entry, e.g. "palisade/mesh/decision".
+	Path string
+	// Bundle names the bundle whose revision each entry records.
+	Bundle string
+	// OnDrop is called for every dropped decision (a metric).
+	OnDrop func()
+}
+
+// DecisionLog writes decisions as JSON lines through a bounded buffer: Log never
+// blocks a decision. Secrets in the input (Authorization, Proxy-Authorization and
+// Cookie headers, the access_token query parameter) are masked.
+type DecisionLog struct {
+	cfg     DecisionLogConfig
+	entries chan logEntry
+	dropped atomic.Uint64
+	done    chan struct{}
+	once    sync.Once
+}
+
+// logEntry is what a decision hands to the writer: references only, encoded on the
+// writer's goroutine.
+type logEntry struct {
+	time     time.Time
+	input    ast.Value
+	result   any // the policy's decision, nil on failure
+	decision Decision
+	revision string
+	peer     string
+	duration time.Duration
+}
+
+// NewDecisionLog starts the writer; Close stops it after writing what is buffered.
+func NewDecisionLog(cfg DecisionLogConfig) *DecisionLog {
+	if cfg.Buffer <= 0 {
+		cfg.Buffer = 4096
+	}
+	l := &DecisionLog{cfg: cfg, entries: make(chan logEntry, cfg.Buffer), done: make(chan struct{})}
+	go l.run()
+	return l
+}
+
+// Dropped returns how many decisions were not logged because the buffer was full.
+func (l *DecisionLog) Dropped() uint64 { return l.dropped.Load() }
+
+func (l *DecisionLog) log(e logEntry) {
+	select {
+	case l.entries <- e:
+	default:
+		l.dropped.Add(1)
+		if l.cfg.OnDrop != nil {
+			l.cfg.OnDrop()
+		}
+	}
+}
+
+// Close writes the buffered decisions and stops the writer. ctx bounds the wait.
+func (l *DecisionLog) Close(ctx context.Context) error {
+	l.once.Do(func() { close(l.entries) })
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *DecisionLog) run() {
+	defer close(l.done)
+	w := bufio.NewWriterSize(l.cfg.Writer, 64<<10)
+	var buf []byte
+	for e := range l.entries {
+		buf = l.encode(buf[:0], e)
+		w.Write(buf)
+		if len(l.entries) == 0 {
+			w.Flush() // write out when idle, batch when busy
+		}
+	}
+	w.Flush()
+}
+
+// masked are the input fields whose values are replaced, as JSON pointers. In the
+// request target (path and :path) only the access_token parameter is replaced.
+var masked = []string{
+	"/input/attributes/request/http/headers/authorization",
+	"/input/attributes/request/http/headers/proxy-authorization",
+	"/input/attributes/request/http/headers/cookie",
+	"/input/attributes/request/http/headers/:path",
+	"/input/attributes/request/http/path",
+	"/input/parsed_query/access_token",
+}
+
+// maskedValue replaces masked values.
+const maskedValue = "**MASKED**"
+
+// maskNode is the part of the masked tree at one key of the input.
+type maskNode map[string]maskNode
+
+// inputMask is masked as a tree, rooted at /input; a leaf is masked.
+var inputMask = func() maskNode {
+	root := maskNode{}
+	for _, p := range masked {
+		n := root
+		for _, seg := range strings.Split(p, "/")[2:] { // below "/input"
+			next, ok := n[seg]
+			if !ok {
+				next = maskNode{}
+				n[seg] = next
+			}
+			n = next
+		}
+	}
+	return root
+}()
+
+// maskTarget replaces the access_token parameter's value in a request target.
+func maskTarget(target string) string {
+	path, query, ok := strings.Cut(target, "?")
+	if !ok || !strings.Contains(query, "access_token=") {
+		return target
+	}
+	params := strings.Split(query, "&")
+	for i, p := range params {
+		if strings.HasPrefix(p, "access_token=") {
+			params[i] = "access_token=" + maskedValue
+		}
+	}
+	return path + "?" + strings.Join(params, "&")
+}
+
+func (l *DecisionLog) encode(b []byte, e logEntry) []byte {
+	b = append(b, `{"decision_id":"`...)
+	b = appendUUID(b)
+	b = append(b, `","path":`...)
+	b = appendString(b, l.cfg.Path)
+	if len(l.cfg.Labels) > 0 {
+		lb, _ := json.Marshal(l.cfg.Labels)
+		b = append(b, `,"labels":`...)
+		b = append(b, lb...)
+	}
+	if e.revision != "" && l.cfg.Bundle != "" {
+		b = append(b, `,"bundles":{`...)
+		b = appendString(b, l.cfg.Bundle)
+		b = append(b, `:{"revision":`...)
+		b = appendString(b, e.revision)
+		b = append(b, `}}`...)
+	}
+	if e.peer != "" {
+		b = append(b, `,"requested_by":`...)
+		b = appendString(b, e.peer)
+	}
+	b = append(b, `,"timestamp":"`...)
+	b = e.time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","input":`...)
+	b = appendValue(b, e.input, inputMask)
+	if e.result != nil {
+		rb, err := json.Marshal(e.result)
+		if err != nil {
+			rb = []byte(`null`)
+		}
+		b = append(b, `,"result":`...)
+		b = append(b, rb...)
+	} else {
+		b = append(b, `,"result":{"allowed":false,"reason":`...)
+		b = appendString(b, e.decision.Reason)
+		b = append(b, `},"error":{"code":`...)
+		b = appendString(b, string(e.decision.Failure))
+		b = append(b, `,"message":`...)
+		b = appendString(b, e.decision.Reason)
+		b = append(b, '}')
+	}
+	b = append(b, `,"metrics":{"timer_server_handler_ns":`...)
+	b = strconv.AppendInt(b, e.duration.Nanoseconds(), 10)
+	b = append(b, `},"masked":[`...)
+	for i, m := range masked {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, m)
+	}
+	return append(b, "]}\n"...)
+}
+
+// appendValue appends v as JSON. Below mask, a key whose node has no children has
+// its value masked.
+func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
+	switch v := v.(type) {
+	case ast.Null:
+		return append(b, "null"...)
+	case ast.Boolean:
+		return strconv.AppendBool(b, bool(v))
+	case ast.Number:
+		return append(b, v...)
+	case ast.String:
+		return appendString(b, string(v))
+	case *ast.Array:
+		b = append(b, '[')
+		for i := range v.Len() {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendValue(b, v.Elem(i).Value, nil)
+		}
+		return append(b, ']')
+	case ast.Set:
+		b = append(b, '[')
+		for i, t := range v.Slice() {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendValue(b, t.Value, nil)
+		}
+		return append(b, ']')
+	case ast.Object:
+		b = append(b, '{')
+		first := true
+		v.Foreach(func(k, val *ast.Term) {
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			key, ok := k.Value.(ast.String)
+			if !ok {
+				key = ast.String(k.Value.String())
+			}
+			b = appendString(b, string(key))
+			b = append(b, ':')
+			child, masked := mask[string(key)]
+			switch target, isString := val.Value.(ast.String); {
+			case masked && len(child) == 0 && isString && (key == "path" || key == ":path"):
+				b = appendString(b, maskTarget(string(target)))
+			case masked && len(child) == 0:
+				b = appendString(b, maskedValue)
+			default:
+				b = appendValue(b, val.Value, child)
+			}
+		})
+		return append(b, '}')
+	}
+	return appendString(b, v.String())
+}
+
+// appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// appendUUID appends a random version 4 UUID, the form of OPA's decision IDs.
+func appendUUID(b []byte) []byte {
+	hi, lo := rand.Uint64(), rand.Uint64()
+	hi = hi&^0xf000 | 0x4000     // version 4
+	lo = lo&^(0xc<<60) | 0x8<<60 // RFC 4122 variant
+	s := fmt.Sprintf("%016x%016x", hi, lo)
+	return append(b, s[0:8]+"-"+s[8:12]+"-"+s[12:16]+"-"+s[16:20]+"-"+s[20:32]...)
+}
+
+// OpenDecisionLog starts a decision log writing to path ("-": standard output),
+// appending to the file (created 0600: decisions describe requests). close writes
+// what is buffered and closes the file.
+func OpenDecisionLog(path string, cfg DecisionLogConfig) (_ *DecisionLog, close func(context.Context) error, err error) {
+	var f *os.File
+	cfg.Writer = os.Stdout
+	if path != "-" {
+		if f, err = os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600); err != nil {
+			return nil, nil, err
+		}
+		cfg.Writer = f
+	}
+	l := NewDecisionLog(cfg)
+	return l, func(ctx context.Context) error {
+		err := l.Close(ctx)
+		if f != nil {
+			err = errors.Join(err, f.Close())
+		}
+		return err
+	}, nil
+}

@@ -1,0 +1,158 @@
+package authz
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is an io.Writer tests can read while the log writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestDecisionLogEntry(t *testing.T) {
+	var out lockedBuffer
+	l := NewDecisionLog(DecisionLogConfig{Writer: &out, Path: "palisade/mesh/decision", Bundle: "palisade",
+		Labels: map[string]string{"id": "palisaded-1", "version": "test"}})
+	req := request{method: "GET", path: "/a?access_token=secret-query&x=1", host: "reviews", from: "spiffe://cluster.local/ns/default/sa/productpage",
+		headers: map[string]string{"authorization": "Bearer secret-jwt", "cookie": "session=secret-cookie", "x-note": "quote \" and \x01 and \xff"}}.check()
+	result := map[string]any{"allowed": false, "reason": "denied by default/deny-admin", "reasons": []any{map[string]any{"policy": "default/deny-admin", "rule": json.Number("0")}}}
+	l.log(logEntry{time: time.Unix(1700000000, 5).UTC(), input: Input(req), result: result, decision: Decision{}, revision: "rev-1", peer: "127.0.0.1:5555", duration: 42 * time.Microsecond})
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	line := out.String()
+	for _, secret := range []string{"secret-jwt", "secret-cookie", "secret-query"} {
+		if strings.Contains(line, secret) {
+			t.Errorf("the log shows %q: %s", secret, line)
+		}
+	}
+	var e struct {
+		DecisionID  string            `json:"decision_id"`
+		Path        string            `json:"path"`
+		Labels      map[string]string `json:"labels"`
+		Bundles     map[string]struct{ Revision string }
+		RequestedBy string `json:"requested_by"`
+		Timestamp   time.Time
+		Input       struct {
+			Attributes struct {
+				Request struct {
+					HTTP struct{ Headers map[string]string }
+				}
+			}
+			ParsedQuery map[string]any `json:"parsed_query"`
+		}
+		Result  map[string]any
+		Metrics map[string]int64
+		Masked  []string
+	}
+	if err := json.Unmarshal([]byte(line), &e); err != nil {
+		t.Fatalf("entry is not JSON: %v\n%s", err, line)
+	}
+	h := e.Input.Attributes.Request.HTTP.Headers
+	if h["authorization"] != maskedValue || h["cookie"] != maskedValue || e.Input.ParsedQuery["access_token"] != maskedValue || h[":path"] != "/a?access_token=**MASKED**&x=1" {
+		t.Errorf("secrets not masked: headers %v, query %v", h, e.Input.ParsedQuery)
+	}
+	if h["x-note"] != "quote \" and \x01 and \ufffd" || h["user-agent"] != "grpc-go/1.85.0" {
+		t.Errorf("headers not kept: %v", h)
+	}
+	if len(e.DecisionID) != 36 || e.DecisionID[14] != '4' || e.Path != "palisade/mesh/decision" || e.Labels["id"] != "palisaded-1" ||
+		e.Bundles["palisade"].Revision != "rev-1" || e.RequestedBy != "127.0.0.1:5555" || !e.Timestamp.Equal(time.Unix(1700000000, 5)) ||
+		e.Metrics["timer_server_handler_ns"] != 42000 || e.Result["reason"] != "denied by default/deny-admin" || len(e.Masked) != len(masked) {
+		t.Errorf("entry fields wrong: %+v", e)
+	}
+}
+
+func TestDecisionLogFailureEntry(t *testing.T) {
+	var out lockedBuffer
+	l := NewDecisionLog(DecisionLogConfig{Writer: &out, Path: "p"})
+	l.log(logEntry{time: time.Now(), input: Input(request{method: "GET", path: "/"}.check()), decision: failed(FailureEval, "evaluating: boom")})
+	l.Close(context.Background())
+	var e struct {
+		Result map[string]any
+		Error  struct{ Code, Message string }
+	}
+	if err := json.Unmarshal([]byte(out.String()), &e); err != nil {
+		t.Fatal(err, out.String())
+	}
+	if e.Result["allowed"] != false || e.Error.Code != "eval_error" || e.Error.Message != "evaluating: boom" {
+		t.Errorf("failure entry = %+v", e)
+	}
+}
+
+// blockingWriter blocks every write until released, then counts lines.
+type blockingWriter struct {
+	release chan struct{}
+	out     *lockedBuffer
+}
+
+func (w blockingWriter) Write(p []byte) (int, error) { <-w.release; return w.out.Write(p) }
+
+// TestDecisionLogNeverBlocks: with the writer stuck, decisions beyond the buffer are
+// dropped and counted, and logging returns at once.
+func TestDecisionLogNeverBlocks(t *testing.T) {
+	w := blockingWriter{release: make(chan struct{}), out: &lockedBuffer{}}
+	drops := 0
+	l := NewDecisionLog(DecisionLogConfig{Writer: w, Buffer: 8, Path: "p", OnDrop: func() { drops++ }})
+	in := Input(request{method: "GET", path: "/"}.check())
+	done := make(chan struct{})
+	go func() {
+		for range 1000 {
+			l.log(logEntry{time: time.Now(), input: in, result: true})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("logging blocked on a stuck writer")
+	}
+	// The channel holds 8 and the writer what fits its 64 KiB buffer until its
+	// first write blocks: most decisions were dropped, and every one is accounted.
+	close(w.release)
+	l.Close(context.Background())
+	written := strings.Count(w.out.String(), "\n")
+	if dropped := int(l.Dropped()); dropped < 900 || dropped != drops || written+dropped != 1000 {
+		t.Errorf("dropped %d (callback %d), written %d: want most dropped and 1000 in all", dropped, drops, written)
+	}
+}
+
+func TestDecisionLogLinesAreJSON(t *testing.T) {
+	var out lockedBuffer
+	l := NewDecisionLog(DecisionLogConfig{Writer: &out, Path: "p"})
+	for i := range 50 {
+		l.log(logEntry{time: time.Now(), input: Input(request{method: "GET", path: "/x/" + strings.Repeat("é", i)}.check()), result: map[string]any{"allowed": true}})
+	}
+	l.Close(context.Background())
+	sc := bufio.NewScanner(strings.NewReader(out.String()))
+	sc.Buffer(nil, 1<<20)
+	n := 0
+	for sc.Scan() {
+		if !json.Valid(sc.Bytes()) {
+			t.Fatalf("line %d is not JSON: %s", n, sc.Text())
+		}
+		n++
+	}
+	if n != 50 {
+		t.Errorf("%d lines, want 50", n)
+	}
+}

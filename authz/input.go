@@ -1,0 +1,392 @@
+// Package authz is Palisade's Envoy ext_authz server: it maps a CheckRequest to the
+// input document OPA-Envoy policies are written against, evaluates the policy in
+// force, answers with the decision, and writes decision logs.
+package authz
+
+import (
+	"encoding/base64"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/util"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// The context extensions by which the xDS configuration tells the ext_authz server
+// which workload is being called; Rego reads them as input.palisade.workload.
+const (
+	ExtensionWorkloadNamespace = "palisade.workload.namespace"
+	// ExtensionWorkloadLabels holds the labels as "k1=v1,k2=v2", sorted by key
+	// (Kubernetes label keys and values contain neither ',' nor '=').
+	ExtensionWorkloadLabels = "palisade.workload.labels"
+)
+
+// EncodeLabels is the form of ExtensionWorkloadLabels.
+func EncodeLabels(keys []string, labels map[string]string) string {
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(labels[k])
+	}
+	return b.String()
+}
+
+// Interned keys of the input document: building the input allocates no key strings.
+var (
+	kAttributes        = ast.StringTerm("attributes")
+	kSource            = ast.StringTerm("source")
+	kDestination       = ast.StringTerm("destination")
+	kRequest           = ast.StringTerm("request")
+	kHTTP              = ast.StringTerm("http")
+	kAddress           = ast.StringTerm("address")
+	kSocketAddress     = ast.StringTerm("socketAddress")
+	kPortValue         = ast.StringTerm("portValue")
+	kNamedPort         = ast.StringTerm("namedPort")
+	kPrincipal         = ast.StringTerm("principal")
+	kService           = ast.StringTerm("service")
+	kLabels            = ast.StringTerm("labels")
+	kCertificate       = ast.StringTerm("certificate")
+	kTime              = ast.StringTerm("time")
+	kID                = ast.StringTerm("id")
+	kMethod            = ast.StringTerm("method")
+	kHeaders           = ast.StringTerm("headers")
+	kPath              = ast.StringTerm("path")
+	kHost              = ast.StringTerm("host")
+	kScheme            = ast.StringTerm("scheme")
+	kQuery             = ast.StringTerm("query")
+	kFragment          = ast.StringTerm("fragment")
+	kSize              = ast.StringTerm("size")
+	kProtocol          = ast.StringTerm("protocol")
+	kBody              = ast.StringTerm("body")
+	kRawBody           = ast.StringTerm("rawBody")
+	kContextExtensions = ast.StringTerm("contextExtensions")
+	kMetadataContext   = ast.StringTerm("metadataContext")
+	kRouteMetadata     = ast.StringTerm("routeMetadataContext")
+	kTLSSession        = ast.StringTerm("tlsSession")
+	kSNI               = ast.StringTerm("sni")
+	kParsedPath        = ast.StringTerm("parsed_path")
+	kParsedQuery       = ast.StringTerm("parsed_query")
+	kParsedBody        = ast.StringTerm("parsed_body")
+	kTruncatedBody     = ast.StringTerm("truncated_body")
+	kVersion           = ast.StringTerm("version")
+	kPalisade          = ast.StringTerm("palisade")
+	kWorkload          = ast.StringTerm("workload")
+	kNamespace         = ast.StringTerm("namespace")
+
+	versionTerm = ast.ObjectTerm(
+		ast.Item(ast.StringTerm("encoding"), ast.StringTerm("protojson")),
+		ast.Item(ast.StringTerm("ext_authz"), ast.StringTerm("v3")),
+	)
+)
+
+// Input maps a CheckRequest to the input document: the CheckRequest in protojson's
+// shape (as OPA-Envoy presents it), parsed_path, parsed_query, parsed_body,
+// truncated_body, version, and input.palisade.workload. It builds OPA's values
+// directly, without a JSON round trip, and never fails: a part that cannot be parsed
+// (a malformed path, a body that is not the JSON it claims) is left out, and policies
+// that need it are undefined, which denies.
+func Input(req *authv3.CheckRequest) ast.Value {
+	attrs := req.GetAttributes()
+	httpReq := attrs.GetRequest().GetHttp()
+	headers := httpHeaders(httpReq)
+
+	input := ast.NewObject()
+	if attrs != nil {
+		input.Insert(kAttributes, ast.NewTerm(attributes(attrs, headers)))
+	}
+	path, query := parsePath(httpReq.GetPath())
+	input.Insert(kParsedPath, path)
+	input.Insert(kParsedQuery, query)
+	if body, truncated, ok := parseBody(httpReq, headers); ok {
+		input.Insert(kParsedBody, body)
+		input.Insert(kTruncatedBody, ast.InternedTerm(truncated))
+	}
+	input.Insert(kVersion, versionTerm)
+	input.Insert(kPalisade, ast.ObjectTerm(ast.Item(kWorkload, workload(attrs))))
+	return input
+}
+
+// httpHeaders returns the request's headers, from header_map when Envoy sends raw
+// headers (repeated names are joined with ',' as in the headers field).
+func httpHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
+	if len(h.GetHeaders()) > 0 || h.GetHeaderMap() == nil {
+		return h.GetHeaders()
+	}
+	m := make(map[string]string, len(h.GetHeaderMap().GetHeaders()))
+	for _, hv := range h.GetHeaderMap().GetHeaders() {
+		k := strings.ToLower(hv.GetKey())
+		v := hv.GetValue()
+		if len(hv.GetRawValue()) > 0 {
+			v = string(hv.GetRawValue())
+		}
+		if prev, ok := m[k]; ok {
+			v = prev + "," + v
+		}
+		m[k] = v
+	}
+	return m
+}
+
+func attributes(a *authv3.AttributeContext, headers map[string]string) ast.Object {
+	o := ast.NewObject()
+	if a.Source != nil {
+		o.Insert(kSource, ast.NewTerm(peerObject(a.Source)))
+	}
+	if a.Destination != nil {
+		o.Insert(kDestination, ast.NewTerm(peerObject(a.Destination)))
+	}
+	if a.Request != nil {
+		r := ast.NewObject()
+		if a.Request.Time != nil {
+			r.Insert(kTime, ast.StringTerm(timestamp(a.Request.Time)))
+		}
+		if h := a.Request.Http; h != nil {
+			r.Insert(kHTTP, ast.NewTerm(httpRequest(h, headers)))
+		}
+		o.Insert(kRequest, ast.NewTerm(r))
+	}
+	if len(a.ContextExtensions) > 0 {
+		o.Insert(kContextExtensions, stringMap(a.ContextExtensions))
+	}
+	if a.MetadataContext != nil {
+		if t := viaJSON(a.MetadataContext); t != nil {
+			o.Insert(kMetadataContext, t)
+		}
+	}
+	if a.RouteMetadataContext != nil {
+		if t := viaJSON(a.RouteMetadataContext); t != nil {
+			o.Insert(kRouteMetadata, t)
+		}
+	}
+	if a.TlsSession != nil {
+		tls := ast.NewObject()
+		if a.TlsSession.Sni != "" {
+			tls.Insert(kSNI, ast.StringTerm(a.TlsSession.Sni))
+		}
+		o.Insert(kTLSSession, ast.NewTerm(tls))
+	}
+	return o
+}
+
+// peerObject maps a Peer as protojson would: empty fields are left out.
+func peerObject(p *authv3.AttributeContext_Peer) ast.Object {
+	o := ast.NewObject()
+	if sa := p.GetAddress().GetSocketAddress(); sa != nil {
+		s := ast.NewObject()
+		if sa.Protocol != corev3.SocketAddress_TCP {
+			s.Insert(kProtocol, ast.StringTerm(sa.Protocol.String()))
+		}
+		if sa.Address != "" {
+			s.Insert(kAddress, ast.StringTerm(sa.Address))
+		}
+		switch port := sa.PortSpecifier.(type) {
+		case *corev3.SocketAddress_PortValue:
+			if port.PortValue != 0 {
+				s.Insert(kPortValue, ast.InternedTerm(int(port.PortValue)))
+			}
+		case *corev3.SocketAddress_NamedPort:
+			s.Insert(kNamedPort, ast.StringTerm(port.NamedPort))
+		}
+		o.Insert(kAddress, ast.ObjectTerm(ast.Item(kSocketAddress, ast.NewTerm(s))))
+	} else if p.GetAddress() != nil {
+		if t := viaJSON(p.GetAddress()); t != nil {
+			o.Insert(kAddress, t)
+		}
+	}
+	if p.Service != "" {
+		o.Insert(kService, ast.StringTerm(p.Service))
+	}
+	if len(p.Labels) > 0 {
+		o.Insert(kLabels, stringMap(p.Labels))
+	}
+	if p.Principal != "" {
+		o.Insert(kPrincipal, ast.StringTerm(p.Principal))
+	}
+	if p.Certificate != "" {
+		o.Insert(kCertificate, ast.StringTerm(p.Certificate))
+	}
+	return o
+}
+
+func httpRequest(h *authv3.AttributeContext_HttpRequest, headers map[string]string) ast.Object {
+	o := ast.NewObject()
+	for _, f := range [...]struct {
+		key   *ast.Term
+		value string
+	}{
+		{kID, h.Id}, {kMethod, h.Method}, {kPath, h.Path}, {kHost, h.Host}, {kScheme, h.Scheme},
+		{kQuery, h.Query}, {kFragment, h.Fragment}, {kProtocol, h.Protocol}, {kBody, h.Body},
+	} {
+		if f.value != "" {
+			o.Insert(f.key, ast.StringTerm(f.value))
+		}
+	}
+	if len(headers) > 0 {
+		o.Insert(kHeaders, stringMap(headers))
+	}
+	if h.Size != 0 {
+		// protojson writes 64-bit integers as strings.
+		o.Insert(kSize, ast.StringTerm(strconv.FormatInt(h.Size, 10)))
+	}
+	if len(h.RawBody) > 0 {
+		o.Insert(kRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody)))
+	}
+	return o
+}
+
+func stringMap(m map[string]string) *ast.Term {
+	o := ast.NewObjectWithCapacity(len(m))
+	for k, v := range m {
+		o.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	return ast.NewTerm(o)
+}
+
+// timestamp formats t as protojson does.
+func timestamp(t *timestamppb.Timestamp) string {
+	s := t.AsTime().UTC().Format("2006-01-02T15:04:05.000000000")
+	s = strings.TrimSuffix(s, "000")
+	s = strings.TrimSuffix(s, "000")
+	s = strings.TrimSuffix(s, ".000")
+	return s + "Z"
+}
+
+// viaJSON converts a rarely present part (metadata, non-socket addresses) the slow
+// way, through protojson.
+func viaJSON(m proto.Message) *ast.Term {
+	bs, err := protojson.Marshal(m)
+	if err != nil {
+		return nil
+	}
+	var v any
+	if err := util.UnmarshalJSON(bs, &v); err != nil {
+		return nil
+	}
+	val, err := ast.InterfaceToValue(v)
+	if err != nil {
+		return nil
+	}
+	return ast.NewTerm(val)
+}
+
+// parsePath splits the request target as OPA-Envoy does: the path's segments
+// (percent-decoded, leading '/' removed) and the query's values by name. A target
+// that does not parse as a URL keeps its raw segments and an empty query.
+func parsePath(target string) (path, query *ast.Term) {
+	raw, rawQuery, _ := strings.Cut(target, "?")
+	decoded, err := url.PathUnescape(raw)
+	if err != nil {
+		decoded = raw
+	}
+	segments := strings.Split(strings.TrimLeft(decoded, "/"), "/")
+	terms := make([]*ast.Term, len(segments))
+	for i, s := range segments {
+		terms[i] = ast.StringTerm(s)
+	}
+	q := ast.NewObject()
+	if rawQuery != "" {
+		values, _ := url.ParseQuery(rawQuery) // keeps what parses, as net/url does
+		for k, vs := range values {
+			items := make([]*ast.Term, len(vs))
+			for i, v := range vs {
+				items[i] = ast.StringTerm(v)
+			}
+			q.Insert(ast.StringTerm(k), ast.ArrayTerm(items...))
+		}
+	}
+	return ast.ArrayTerm(terms...), ast.NewTerm(q)
+}
+
+// parseBody parses a JSON body as OPA-Envoy does: only when the content type says
+// JSON; a body shorter than its content-length is truncated and not parsed. ok is
+// false when there is no parsed body to give.
+func parseBody(h *authv3.AttributeContext_HttpRequest, headers map[string]string) (body *ast.Term, truncated, ok bool) {
+	if !strings.Contains(headers["content-type"], "application/json") {
+		return nil, false, false
+	}
+	data := h.GetBody()
+	if data == "" && len(h.GetRawBody()) > 0 {
+		data = string(h.GetRawBody())
+	}
+	if data == "" {
+		return ast.NullTerm(), false, true
+	}
+	if cl, err := strconv.ParseInt(headers["content-length"], 10, 64); err == nil && cl > int64(len(data)) {
+		return ast.NullTerm(), true, true
+	}
+	v, err := ast.ValueFromReader(strings.NewReader(data))
+	if err != nil {
+		return nil, false, false
+	}
+	return ast.NewTerm(v), false, true
+}
+
+// workload is input.palisade.workload: the namespace and labels the xDS
+// configuration put in the context extensions, or else the namespace of the
+// destination's SPIFFE ID.
+func workload(a *authv3.AttributeContext) *ast.Term {
+	ext := a.GetContextExtensions()
+	ns, ok := ext[ExtensionWorkloadNamespace]
+	if !ok {
+		ns = spiffeNamespace(a.GetDestination().GetPrincipal())
+	}
+	return ast.ObjectTerm(
+		ast.Item(kNamespace, ast.StringTerm(ns)),
+		ast.Item(kLabels, labelsTerm(ext[ExtensionWorkloadLabels])),
+	)
+}
+
+// spiffeNamespace returns NS of spiffe://TD/ns/NS/sa/SA, or "".
+func spiffeNamespace(id string) string {
+	_, rest, ok := strings.Cut(id, "/ns/")
+	if !strings.HasPrefix(id, "spiffe://") || !ok {
+		return ""
+	}
+	ns, _, _ := strings.Cut(rest, "/")
+	return ns
+}
+
+// labelsCache keeps the parsed form of the few distinct label strings a server
+// sees (one per workload), so a request does not parse them again. Parsed values
+// are shared between inputs; OPA never modifies its input.
+var labelsCache = struct {
+	sync.RWMutex
+	m map[string]*ast.Term
+}{m: map[string]*ast.Term{}}
+
+// labelsCacheMax bounds the cache against a client sending endless distinct labels.
+const labelsCacheMax = 4096
+
+func labelsTerm(s string) *ast.Term {
+	labelsCache.RLock()
+	t, ok := labelsCache.m[s]
+	labelsCache.RUnlock()
+	if ok {
+		return t
+	}
+	o := ast.NewObject()
+	for pair := range strings.SplitSeq(s, ",") {
+		if k, v, ok := strings.Cut(pair, "="); ok && k != "" {
+			o.Insert(ast.StringTerm(k), ast.StringTerm(v))
+		}
+	}
+	t = ast.NewTerm(o)
+	labelsCache.Lock()
+	if len(labelsCache.m) >= labelsCacheMax {
+		clear(labelsCache.m)
+	}
+	labelsCache.m[s] = t
+	labelsCache.Unlock()
+	return t
+}

@@ -1,0 +1,147 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
+
+	"github.com/palisade-mesh/palisade/rego"
+)
+
+// DecisionQuery is the rule every Palisade decision evaluates.
+const DecisionQuery = "data.palisade.mesh.decision"
+
+// Policies gives the policy in force; nil means none has loaded yet.
+type Policies interface {
+	Current() *rego.Prepared
+}
+
+// Config configures a Server.
+type Config struct {
+	Policies    Policies
+	DecisionLog *DecisionLog // nil: decisions are not logged
+	Metrics     prometheus.Registerer
+	Logger      *slog.Logger
+}
+
+// Server implements envoy.service.auth.v3.Authorization. Every request gets a
+// decision: one that no policy makes is a denial, with its reason in the log and
+// the metric.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	cfg       Config
+	decisions *prometheus.CounterVec
+	outcomes  map[outcome]prometheus.Counter // decisions' children, resolved once
+}
+
+type outcome struct {
+	allowed bool
+	failure Failure
+}
+
+// NewServer returns a Server; register it with Register.
+func NewServer(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "palisade_authz_decisions_total",
+		Help: "ext_authz decisions by result, and the reason of denials no policy made.",
+	}, []string{"decision", "reason"})
+	s := &Server{cfg: cfg, decisions: decisions, outcomes: map[outcome]prometheus.Counter{}}
+	for _, f := range []Failure{FailureNone, FailureNoPolicy, FailureEval, FailureUndefined, FailureBadResult} {
+		reason := string(f)
+		if f == FailureNone {
+			reason = "policy"
+		}
+		s.outcomes[outcome{false, f}] = decisions.WithLabelValues("deny", reason)
+		if f == FailureNone {
+			s.outcomes[outcome{true, f}] = decisions.WithLabelValues("allow", reason)
+		}
+	}
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(decisions)
+		if cfg.DecisionLog != nil {
+			cfg.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "palisade_authz_decision_log_dropped_total",
+				Help: "Decisions not logged because the decision log's buffer was full.",
+			}, func() float64 { return float64(cfg.DecisionLog.Dropped()) }))
+		}
+	}
+	return s
+}
+
+// Register adds the Authorization service to g.
+func (s *Server) Register(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, s) }
+
+// Check decides one request.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	input := Input(req)
+	d, result, revision := s.Decide(ctx, input)
+	if l := s.cfg.DecisionLog; l != nil {
+		var addr string
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			addr = p.Addr.String()
+		}
+		l.log(logEntry{time: start, input: input, result: result, decision: d, revision: revision, peer: addr, duration: time.Since(start)})
+	}
+	return d.response(), nil
+}
+
+// Decide evaluates the policy in force for one input. It returns the decision, the
+// policy's raw result (nil when no policy decided) and the policy's revision.
+func (s *Server) Decide(ctx context.Context, input ast.Value) (Decision, any, string) {
+	d, result, revision := s.decide(ctx, input)
+	s.outcomes[outcome{d.Allowed, d.Failure}].Inc()
+	if d.Failure != FailureNone {
+		s.cfg.Logger.Warn("request denied without a policy decision", "reason", d.Failure, "error", d.Reason)
+	}
+	return d, result, revision
+}
+
+func (s *Server) decide(ctx context.Context, input ast.Value) (Decision, any, string) {
+	p := s.cfg.Policies.Current()
+	if p == nil {
+		return failed(FailureNoPolicy, "no policy is loaded"), nil, ""
+	}
+	result, err := p.Eval(ctx, input)
+	switch {
+	case errors.Is(err, rego.ErrUndefined):
+		return failed(FailureUndefined, "the decision is undefined"), nil, p.Policy.Revision
+	case err != nil:
+		return failed(FailureEval, fmt.Sprintf("evaluating the policy: %v", err)), nil, p.Policy.Revision
+	}
+	d, err := parseDecision(result)
+	if err != nil {
+		return failed(FailureBadResult, err.Error()), nil, p.Policy.Revision
+	}
+	return d, result, p.Policy.Revision
+}
+
+// Serve serves the Authorization service on lis until ctx ends, then stops
+// gracefully.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	g := grpc.NewServer()
+	s.Register(g)
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			g.GracefulStop()
+		case <-stopped:
+		}
+	}()
+	err := g.Serve(lis)
+	close(stopped)
+	return err
+}

@@ -1,0 +1,69 @@
+# Which policies apply to the workload being called (the destination), as Istio
+# selects AuthorizationPolicies, RequestAuthentications and (Palisade's) RegoPolicies:
+#
+#   - a policy in the root namespace without selector applies to the whole mesh;
+#   - a policy in the root namespace with a selector applies to the workloads of
+#     any namespace whose labels match it;
+#   - a policy in the workload's namespace without selector applies to all the
+#     namespace's workloads;
+#   - a policy in the workload's namespace with a selector applies to the
+#     workloads whose labels match it.
+#
+# So a policy applies when it is in one of those two namespaces and its selector
+# (if any) matches. Only the lists of those two namespaces are read, so the cost
+# per request does not grow with the policies of other namespaces.
+#
+# Each result is a list of policies (in namespace, then name order), computed
+# once per evaluation. The policy objects carry metadata.namespace (README).
+package palisade.mesh.selection
+
+# root is the mesh's root namespace (Istio's meshConfig.rootNamespace).
+root := data.palisade.config.root_namespace
+
+# namespace is the namespace of the workload being called.
+namespace := input.palisade.workload.namespace
+
+# labels are the called workload's labels ({} when the input has none).
+default labels := {}
+
+labels := input.palisade.workload.labels if is_object(input.palisade.workload.labels)
+
+# namespaces are the namespaces whose policies can apply. A set, so that a workload
+# of the root namespace does not see the root namespace's policies twice.
+namespaces contains namespace
+
+namespaces contains root
+
+# authorization_policies is the list of the AuthorizationPolicies that apply.
+authorization_policies := [p |
+	some ns in namespaces
+	some p in data.palisade.config.authorization_policies[ns]
+	object.subset(labels, match_labels(p))
+]
+
+# request_authentications is the list of the RequestAuthentications that apply.
+request_authentications := [p |
+	some ns in namespaces
+	some p in data.palisade.config.request_authentications[ns]
+	object.subset(labels, match_labels(p))
+]
+
+# rego_policies is the list of the RegoPolicies that apply (with or without
+# provider: the decision tells them apart).
+rego_policies := [p |
+	some ns in namespaces
+	some p in data.palisade.config.rego_policies[ns]
+	object.subset(labels, match_labels(p))
+]
+
+# match_labels(p) is p's spec.selector.matchLabels, or {} when it has none (absent,
+# null or empty: no selector, which selects every workload of the namespaces
+# above). A policy selects the workload when its matchLabels are a subset of the
+# workload's labels.
+match_labels(p) := m if {
+	m := p.spec.selector.matchLabels
+	is_object(m)
+} else := {}
+
+# id(p) is "NS/NAME", how decisions name a policy.
+id(p) := concat("/", [p.metadata.namespace, p.metadata.name])
