@@ -30,13 +30,22 @@ func FuzzGenerate(f *testing.F) {
 		for _, ns := range []string{"default", "team-a"} {
 			view := snap.ViewFor(ns)
 			for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
-				// The proxy without labels, and workloads selected by each policy.
-				targets := []xds.Target{xds.TargetFor(snap.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: ns})}
+				// The proxy without labels, workloads selected by each policy, and
+				// those of the namespace's endpoints (by their labels and address, as
+				// their sidecars would say: the policy engine may guard them).
+				targets := []xds.Target{xds.TargetFor(snap, &mesh.Proxy{Kind: kind, Namespace: ns})}
 				for _, pa := range snap.PeerAuthentications.All() {
 					if pa.Selector != nil {
 						labels := maps.Clone(pa.Selector)
 						labels[mesh.TLSModeLabel] = mesh.TLSModeIstio
-						targets = append(targets, xds.TargetFor(snap.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: labels}))
+						targets = append(targets, xds.TargetFor(snap, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: labels}))
+					}
+				}
+				for _, svc := range snap.Services {
+					for _, ep := range svc.Endpoints {
+						if ep.Namespace == ns && len(targets) < 16 {
+							targets = append(targets, xds.TargetFor(snap, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: ep.Labels, IPs: []string{ep.Address}}))
+						}
 					}
 				}
 				for _, target := range targets {

@@ -1,7 +1,8 @@
 // Package xds translates Palisade's model into Envoy xDS resources.
 //
 // Translation is a pure function of a namespace's mesh.View and the proxy's Target
-// (its kind and the PeerAuthentication selecting its workload):
+// (its kind, the PeerAuthentication selecting its workload and whether the policy
+// engine guards it):
 // Generate never mutates its inputs and returns the same resources for the same
 // inputs, which is what makes golden tests and translation sharing possible. Two
 // generators share the route, cluster and endpoint builders: one for proxyless gRPC
@@ -21,6 +22,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/palisade-mesh/palisade/mesh"
 )
@@ -69,6 +71,10 @@ type Options struct {
 	// TrustDomain of the mesh's SPIFFE identities (spiffe://TRUST_DOMAIN/ns/NS/sa/SA),
 	// used to check the certificates of peers; "" means DefaultTrustDomain.
 	TrustDomain string
+	// ExtAuthzAddress is where sidecars reach the policy engine's ext_authz server
+	// (palisade-agent, on their own host), as IP:PORT; "" means
+	// DefaultExtAuthzAddress (127.0.0.1:9191). See Validate.
+	ExtAuthzAddress string
 }
 
 func (o Options) trustDomain() string {
@@ -85,25 +91,43 @@ type Target struct {
 	Kind mesh.ProxyKind
 	// Policies are the PeerAuthentications that apply to the proxies' workload
 	// (mesh.PeerAuthentications.ForWorkload). Inbound configuration (a sidecar's
-	// virtualInbound listener, a proxyless server's listeners) depends on them, and
-	// on nothing else of the mesh: the mesh- and namespace-wide policies are the same
-	// for every proxy of the namespace, the workload-level one tells them apart.
+	// virtualInbound listener, a proxyless server's listeners) depends on them and on
+	// ExtAuthz, and on nothing else of the mesh: the mesh- and namespace-wide
+	// policies are the same for every proxy of the namespace, the workload-level one
+	// tells them apart.
 	Policies mesh.PeerAuthenticationPolicies
 	// IstioTLSMode is set for a proxyless workload labelled
 	// security.istio.io/tlsMode=istio: its servers then require mutual TLS where the
 	// mode is PERMISSIVE, since clients with auto mTLS will use it (as Istio's gRPC
 	// generator does). Always false for sidecars, which do not read it.
 	IstioTLSMode bool
+	// ExtAuthz is set for a sidecar whose workload a CUSTOM AuthorizationPolicy or a
+	// RegoPolicy selects: the requests to its HTTP ports are decided by the policy
+	// engine, through Envoy's ext_authz filter (see sidecarInbound). Always the zero
+	// value for proxyless gRPC: grpc-go has no ext_authz filter, so the policy
+	// engine cannot guard a proxyless server.
+	ExtAuthz ExtAuthz
 }
 
-// TargetFor returns the target of a proxy, given the snapshot's policies.
-func TargetFor(pas *mesh.PeerAuthentications, p *mesh.Proxy) Target {
+// TargetFor returns the target of a proxy in a snapshot: the PeerAuthentications
+// selecting its workload and, for a sidecar, whether and on which ports the policy
+// engine guards it (extAuthzFor, which reads the proxy's instance IPs).
+func TargetFor(snap *mesh.Snapshot, p *mesh.Proxy) Target {
+	var pas *mesh.PeerAuthentications
+	if snap != nil {
+		pas = snap.PeerAuthentications
+	}
 	t := Target{Kind: p.Kind, Policies: pas.ForWorkload(p.Namespace, p.Labels)}
 	if t.Kind == "" {
 		t.Kind = mesh.KindSidecar
 	}
-	if t.Kind == mesh.KindProxyless {
+	switch t.Kind {
+	case mesh.KindProxyless:
 		t.IstioTLSMode = p.Labels[mesh.TLSModeLabel] == mesh.TLSModeIstio
+	case mesh.KindSidecar:
+		if snap != nil {
+			t.ExtAuthz = extAuthzFor(snap, p.Namespace, p.Labels, p.IPs)
+		}
 	}
 	return t
 }
@@ -144,7 +168,12 @@ func (g *generator) generate() *Resources {
 	default:
 		res.Listeners, res.Routes = g.sidecarOutbound()
 		res.Listeners = append(res.Listeners, g.sidecarInbound())
-		res.Clusters = append(res.Clusters, passthroughCluster(), blackHoleCluster(), inboundPassthroughCluster())
+		inbound := inboundPassthroughCluster()
+		if g.target.ExtAuthz.Enabled() {
+			inbound.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": inboundPassthroughHTTPOptions}
+			res.Clusters = append(res.Clusters, g.extAuthzCluster())
+		}
+		res.Clusters = append(res.Clusters, passthroughCluster(), blackHoleCluster(), inbound)
 	}
 	sortByName(res.Listeners, (*listener.Listener).GetName)
 	sortByName(res.Routes, (*route.RouteConfiguration).GetName)

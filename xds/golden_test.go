@@ -28,9 +28,10 @@ var update = flag.Bool("update", false, "rewrite testdata/out from the current t
 var proxyNamespacesRe = regexp.MustCompile(`(?m)^# proxy-namespaces:(.*)$`)
 
 // workloadRe reads a workload a golden input is also translated for, from lines
-// "# workload: NAME k=v,k=v" (the proxy's labels): inbound configuration depends on
-// the PeerAuthentication selecting it.
-var workloadRe = regexp.MustCompile(`(?m)^# workload: (\S+) (\S+)$`)
+// "# workload: NAME k=v,k=v [IP,IP]" (the proxy's labels and INSTANCE_IPS): inbound
+// configuration depends on the PeerAuthentication selecting it and, for workloads
+// that the policy engine guards, on the HTTP ports of the services at those IPs.
+var workloadRe = regexp.MustCompile(`(?m)^# workload: (\S+) (\S+)(?: (\S+))?$`)
 
 // serverListenersRe reads the listening addresses of proxyless gRPC servers whose
 // listeners a golden input's proxyless listeners include: "# server-listeners: IP:PORT ...".
@@ -39,6 +40,7 @@ var serverListenersRe = regexp.MustCompile(`(?m)^# server-listeners:(.*)$`)
 type goldenWorkload struct {
 	name   string // "" for the proxy without labels
 	labels map[string]string
+	ips    []string
 }
 
 // goldenWorkloads returns the workloads an input declares, after the proxy without
@@ -51,16 +53,20 @@ func goldenWorkloads(data []byte) []goldenWorkload {
 			k, v, _ := strings.Cut(kv, "=")
 			w.labels[k] = v
 		}
+		if len(m[3]) > 0 {
+			w.ips = strings.Split(string(m[3]), ",")
+		}
 		out = append(out, w)
 	}
 	return out
 }
 
-// generateFor translates a view for a workload, with the server listeners the input
-// asks for added to a proxyless proxy's listeners.
-func generateFor(t *testing.T, view *mesh.View, kind mesh.ProxyKind, w goldenWorkload, data []byte) *xds.Resources {
+// generateFor translates a namespace's view for a workload, with the server
+// listeners the input asks for added to a proxyless proxy's listeners.
+func generateFor(t *testing.T, snap *mesh.Snapshot, ns string, kind mesh.ProxyKind, w goldenWorkload, data []byte) (*xds.Resources, xds.Target) {
 	t.Helper()
-	target := xds.TargetFor(view.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: view.Namespace, Labels: w.labels})
+	view := snap.ViewFor(ns)
+	target := xds.TargetFor(snap, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: w.labels, IPs: w.ips})
 	res := xds.Generate(view, target, xds.Options{})
 	if m := serverListenersRe.FindSubmatch(data); m != nil && kind == mesh.KindProxyless {
 		for _, addr := range strings.Fields(string(m[1])) {
@@ -71,15 +77,18 @@ func generateFor(t *testing.T, view *mesh.View, kind mesh.ProxyKind, w goldenWor
 			res.Listeners = append(res.Listeners, l)
 		}
 	}
-	return res
+	return res, target
 }
 
 // TestGolden translates every testdata/in/NAME.yaml for each proxy kind and namespace
 // and compares each resource type with testdata/out/NAME.NAMESPACE.KIND.TYPE.yaml.
 // A workload NAME declared by the input (see workloadRe) gets only its listeners
 // compared, with testdata/out/NAME.NAMESPACE.WORKLOAD.KIND.listeners.yaml: the other
-// types must be those of the proxy without labels. The model's diagnostics are
-// compared with testdata/out/NAME.diagnostics.txt.
+// types must be those of the proxy without labels, except the clusters of a workload
+// that the policy engine guards (the ext_authz cluster is added, and the inbound
+// passthrough cluster follows the client's HTTP version), compared with
+// testdata/out/NAME.NAMESPACE.WORKLOAD.KIND.clusters.yaml. The model's diagnostics
+// are compared with testdata/out/NAME.diagnostics.txt.
 func TestGolden(t *testing.T) {
 	inputs, err := filepath.Glob("testdata/in/*.yaml")
 	if err != nil || len(inputs) == 0 {
@@ -105,11 +114,10 @@ func TestGolden(t *testing.T) {
 				namespaces = strings.Fields(string(m[1]))
 			}
 			for _, ns := range namespaces {
-				view := snap.ViewFor(ns)
 				for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
 					var base *xds.Resources
 					for _, w := range goldenWorkloads(data) {
-						res := generateFor(t, view, kind, w, data)
+						res, target := generateFor(t, snap, ns, kind, w, data)
 						if err := xds.ValidateResources(res); err != nil {
 							t.Errorf("%s/%s/%s: generated config does not validate: %v", ns, w.name, kind, err)
 						}
@@ -124,7 +132,15 @@ func TestGolden(t *testing.T) {
 						file := fmt.Sprintf("%s.%s.%s.%s.%s.yaml", name, ns, w.name, kind, typeName(resource.ListenerType))
 						compareGolden(t, filepath.Join("testdata/out", file), resourcesYAML(t, res, resource.ListenerType))
 						for _, typeURL := range xds.TypeURLs {
-							if typeURL != resource.ListenerType && string(resourcesYAML(t, res, typeURL)) != string(resourcesYAML(t, base, typeURL)) {
+							if typeURL == resource.ListenerType {
+								continue
+							}
+							if typeURL == resource.ClusterType && target.ExtAuthz.Enabled() {
+								file := fmt.Sprintf("%s.%s.%s.%s.%s.yaml", name, ns, w.name, kind, typeName(typeURL))
+								compareGolden(t, filepath.Join("testdata/out", file), resourcesYAML(t, res, typeURL))
+								continue
+							}
+							if string(resourcesYAML(t, res, typeURL)) != string(resourcesYAML(t, base, typeURL)) {
 								t.Errorf("%s/%s/%s: %s differ from those of the proxy without labels", ns, w.name, kind, typeName(typeURL))
 							}
 						}

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -59,9 +60,15 @@ var (
 //
 // Port-level modes get chains matching their destination port, which Envoy prefers
 // to the chains without one.
+//
+// Connections are passed through to the application as TCP (tcp_proxy), except for
+// a workload that the policy engine guards (Target.ExtAuthz): each port it serves
+// HTTP on gets chains of its own, with the port's mode and the same transport
+// sockets, whose network filter is an HTTP connection manager sending every request
+// through ext_authz first (inboundHTTPManager). Its other ports stay TCP.
 func (g *generator) sidecarInbound() *listener.Listener {
-	p := g.target.Policies
-	return g.memo.listeners.get(VirtualInboundListenerName, []any{p.Mesh, p.Namespace, p.Workload}, func() *listener.Listener {
+	p, authz := g.target.Policies, g.target.ExtAuthz
+	return g.memo.listeners.get(VirtualInboundListenerName, []any{p.Mesh, p.Namespace, p.Workload, authz}, func() *listener.Listener {
 		mtls := p.Effective()
 		chains := []*listener.FilterChain{{
 			// A connection to the listener itself would loop.
@@ -69,12 +76,22 @@ func (g *generator) sidecarInbound() *listener.Listener {
 			FilterChainMatch: &listener.FilterChainMatch{DestinationPort: wrapperspb.UInt32(VirtualInboundPort)},
 			Filters:          []*listener.Filter{tcpProxyFilter(BlackHoleClusterName)},
 		}}
-		for _, port := range mtls.Ports() {
-			if port != VirtualInboundPort {
-				chains = append(chains, g.inboundChains(mtls.PerPort[port], port)...)
-			}
+		httpPorts := authz.portList()
+		ports := mtls.Ports()
+		if len(httpPorts) > 0 {
+			ports = slices.Compact(slices.Sorted(slices.Values(append(ports, httpPorts...))))
 		}
-		chains = append(chains, g.inboundChains(mtls.Mode, 0)...)
+		for _, port := range ports {
+			if port == VirtualInboundPort {
+				continue
+			}
+			filter := tcpProxyFilter(InboundPassthroughClusterName)
+			if slices.Contains(httpPorts, port) {
+				filter = g.inboundHTTPManager(port)
+			}
+			chains = append(chains, g.inboundChains(mtls.ModeFor(port), port, filter)...)
+		}
+		chains = append(chains, g.inboundChains(mtls.Mode, 0, tcpProxyFilter(InboundPassthroughClusterName))...)
 		return &listener.Listener{
 			Name:             VirtualInboundListenerName,
 			Address:          socketAddress("0.0.0.0", VirtualInboundPort),
@@ -86,8 +103,9 @@ func (g *generator) sidecarInbound() *listener.Listener {
 	})
 }
 
-// inboundChains are the chains of a mode, for connections to port (0: any port).
-func (g *generator) inboundChains(mode mesh.MTLSMode, port uint32) []*listener.FilterChain {
+// inboundChains are the chains of a mode, for connections to port (0: any port),
+// with one network filter.
+func (g *generator) inboundChains(mode mesh.MTLSMode, port uint32, filter *listener.Filter) []*listener.FilterChain {
 	chain := func(kind, transport string) *listener.FilterChain {
 		name := VirtualInboundListenerName + "-" + kind
 		m := &listener.FilterChainMatch{TransportProtocol: transport}
@@ -95,7 +113,7 @@ func (g *generator) inboundChains(mode mesh.MTLSMode, port uint32) []*listener.F
 			name += "-" + strconv.FormatUint(uint64(port), 10)
 			m.DestinationPort = wrapperspb.UInt32(port)
 		}
-		fc := &listener.FilterChain{Name: name, Filters: []*listener.Filter{tcpProxyFilter(InboundPassthroughClusterName)}}
+		fc := &listener.FilterChain{Name: name, Filters: []*listener.Filter{filter}}
 		if transport != "" || port != 0 {
 			fc.FilterChainMatch = m
 		}
@@ -130,6 +148,10 @@ func tcpProxyFilter(cluster string) *listener.Filter {
 // protocol), so PERMISSIVE means plaintext, as in Istio's gRPC generator. Likewise,
 // a workload labelled security.istio.io/tlsMode=istio requires mutual TLS in
 // PERMISSIVE mode, since clients with auto mTLS use it towards it.
+//
+// The policy engine does not guard proxyless servers: grpc-go has no ext_authz
+// filter, so their listeners are the same whatever AuthorizationPolicies or
+// RegoPolicies select them.
 func ProxylessServerListener(t Target, o Options, name string) (*listener.Listener, error) {
 	addr, ok := strings.CutPrefix(name, serverListenerPrefix)
 	if !ok {

@@ -37,10 +37,13 @@ const (
 )
 
 // mustAny packs a message. Packing a generated message only fails on a programming
-// error, so it panics rather than make every builder return an error.
+// error, so it panics rather than make every builder return an error. Maps are
+// marshalled in key order, so that the same message always packs into the same
+// bytes (proto.Equal compares Any values by their bytes, and the server versions
+// resources by them).
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		panic(fmt.Sprintf("xds: packing %T: %v", m, err))
 	}
 	return a

@@ -22,7 +22,7 @@ import (
 //
 // A Memo belongs to one namespace, proxy kind and Options; it may pass from one
 // Target of these to another (the inbound listener's entry is checked against the
-// target's PeerAuthentications like any other input). The output of GenerateWith is
+// target's PeerAuthentications and ExtAuthz like any other input). The output of GenerateWith is
 // always equal to Generate's (TestMemoMatchesFullTranslation).
 type Memo struct {
 	routes       memoTable[servicePort, *routeSet]

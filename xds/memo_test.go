@@ -2,12 +2,16 @@ package xds_test
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/palisade-mesh/palisade/mesh"
 	"github.com/palisade-mesh/palisade/mesh/config"
@@ -42,9 +46,19 @@ func (m *meshFiles) objects(t *testing.T) []config.Object {
 }
 
 func serviceEntry(i int, ns string, vip bool, exportTo, location string) string {
+	return serviceEntryPorts(i, ns, vip, exportTo, location, "HTTP", 0)
+}
+
+// serviceEntryPorts is serviceEntry with the protocol and target port (0: none) of
+// its first port.
+func serviceEntryPorts(i int, ns string, vip bool, exportTo, location, protocol string, targetPort int) string {
 	addresses := ""
 	if vip {
 		addresses = fmt.Sprintf("\n  addresses: [240.0.0.%d]", i%3) // VIPs collide on purpose
+	}
+	target := ""
+	if targetPort != 0 {
+		target = fmt.Sprintf(", targetPort: %d", targetPort)
 	}
 	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -53,10 +67,45 @@ spec:
   hosts: [svc%[1]d.%[2]s.svc.cluster.local]%[3]s
   exportTo: [%[4]q]
   location: %[5]s
-  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 5432, name: tcp, protocol: TCP}]
+  ports: [{number: 9080, name: http, protocol: %[6]s%[7]s}, {number: 5432, name: tcp, protocol: TCP}]
   resolution: STATIC
   workloadSelector: {labels: {app: svc%[1]d}}
-`, i, ns, addresses, exportTo, location)
+`, i, ns, addresses, exportTo, location, protocol, target)
+}
+
+// customPolicy is a CUSTOM AuthorizationPolicy of namespace ns selecting app (every
+// workload of the namespace when app is "").
+func customPolicy(name, ns, app string) string {
+	selector := ""
+	if app != "" {
+		selector = "\n  selector: {matchLabels: {app: " + app + "}}"
+	}
+	return fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s, namespace: %s}
+spec:%s
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{to: [{operation: {paths: [/admin/*]}}]}]
+`, name, ns, selector)
+}
+
+// regoPolicy is a RegoPolicy of namespace ns selecting app (every workload of the
+// namespace when app is ""), with or without the provider customPolicy names.
+func regoPolicy(name, ns, app string, provider bool) string {
+	spec := ""
+	if app != "" {
+		spec += "\n  selector: {matchLabels: {app: " + app + "}}"
+	}
+	if provider {
+		spec += "\n  provider: opa"
+	}
+	return fmt.Sprintf(`apiVersion: policy.palisade.dev/v1alpha1
+kind: RegoPolicy
+metadata: {name: %s, namespace: %s}
+spec:%s
+  rego: "package x\n\nallow := true\n"
+`, name, ns, spec)
 }
 
 func workload(i int, ns, version string, tlsMode bool) string {
@@ -122,8 +171,8 @@ var mtlsModes = []string{"UNSET", "DISABLE", "PERMISSIVE", "STRICT"}
 // Translating with the memo of the previous version gives exactly what a full
 // translation gives, through a random walk of edits of every kind a memoized
 // translation depends on, for proxies of several workloads. As the server does, the
-// translation for a workload whose policy changed starts from the memo of another
-// of the namespace and kind.
+// translation for a workload whose policy (or ext_authz) changed starts from the
+// memo of another of the namespace and kind.
 func TestMemoMatchesFullTranslation(t *testing.T) {
 	const services = 6
 	files := &meshFiles{content: map[string]string{}, decoded: map[string][]config.Object{}}
@@ -164,21 +213,45 @@ func TestMemoMatchesFullTranslation(t *testing.T) {
 			files.set(fmt.Sprintf("pa-w%d", i%3), peerAuthentication(fmt.Sprintf("w%d", i%3), "default", fmt.Sprintf("svc%d", i), mode(), []int{0, 9080, 5432}[rng.IntN(3)], mode()))
 		},
 		func(i int) { files.remove(fmt.Sprintf("pa-w%d", i%3)) },
+		// What decides whether the policy engine guards a workload, and on which
+		// ports: CUSTOM AuthorizationPolicies and RegoPolicies (selecting a workload,
+		// the namespace, or the whole mesh), and the protocol and target port of
+		// its services' HTTP port.
+		func(i int) {
+			app := []string{fmt.Sprintf("svc%d", i), ""}[rng.IntN(2)]
+			files.set(fmt.Sprintf("ap%d", i%2), customPolicy(fmt.Sprintf("ap%d", i%2), []string{"default", "other", mesh.RootNamespace}[rng.IntN(3)], app))
+		},
+		func(i int) { files.remove(fmt.Sprintf("ap%d", i%2)) },
+		func(i int) {
+			app := []string{fmt.Sprintf("svc%d", i), ""}[rng.IntN(2)]
+			files.set(fmt.Sprintf("rego%d", i%2), regoPolicy(fmt.Sprintf("rego%d", i%2), []string{"default", "other"}[rng.IntN(2)], app, rng.IntN(2) == 0))
+		},
+		func(i int) { files.remove(fmt.Sprintf("rego%d", i%2)) },
+		func(i int) {
+			files.set(fmt.Sprintf("se%d", i), serviceEntryPorts(i, "default", i%2 == 0, "*", "MESH_INTERNAL", []string{"HTTP", "GRPC", "TCP"}[rng.IntN(3)], []int{0, 8080}[rng.IntN(2)]))
+		},
 	}
-	workloads := []map[string]string{
-		nil,
-		{"app": "svc0", "version": "v1"},
-		{"app": "svc1", mesh.TLSModeLabel: mesh.TLSModeIstio},
-		{"app": "svc2"},
+	// Proxies' labels and INSTANCE_IPS: those of the v1 WorkloadEntries (svc1's
+	// proxy says tlsMode=istio without version), the last none.
+	workloads := []struct {
+		labels map[string]string
+		ips    []string
+	}{
+		{},
+		{map[string]string{"app": "svc0", "version": "v1"}, []string{"10.0.0.2"}},
+		{map[string]string{"app": "svc1", mesh.TLSModeLabel: mesh.TLSModeIstio}, []string{"10.0.1.2"}},
+		{map[string]string{"app": "svc2"}, []string{"10.0.2.2", "10.9.9.9"}},
 	}
 	// As in the server: the policy by key, so that an edited policy keeps its
-	// proxies' memo.
+	// proxies' memo, and ext_authz by labels and ports.
 	type viewKey struct {
-		ns     string
-		kind   mesh.ProxyKind
-		policy config.Key
-		tls    bool
+		ns       string
+		kind     mesh.ProxyKind
+		policy   config.Key
+		tls      bool
+		extAuthz xds.ExtAuthz
 	}
+	guarded := 0 // translations of proxies that the policy engine guards
 	memos := map[viewKey]*xds.Memo{}
 	var snap *mesh.Snapshot
 	for step := range 300 {
@@ -190,10 +263,21 @@ func TestMemoMatchesFullTranslation(t *testing.T) {
 		for _, ns := range []string{"default", "other"} {
 			view := snap.ViewFor(ns)
 			for _, kind := range []mesh.ProxyKind{mesh.KindSidecar, mesh.KindProxyless} {
-				var sibling *xds.Memo // the previous memo of the first workload's view
-				for i, labels := range workloads {
-					target := xds.TargetFor(view.PeerAuthentications, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: labels})
-					k := viewKey{ns: ns, kind: kind, tls: target.IstioTLSMode}
+				// As the server does for a view it did not translate before: the
+				// previous memo of another view of the namespace and kind, here any.
+				var siblings []*xds.Memo
+				for _, sk := range slices.SortedFunc(maps.Keys(memos), func(a, b viewKey) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) }) {
+					if sk.ns == ns && sk.kind == kind {
+						siblings = append(siblings, memos[sk])
+					}
+				}
+				for _, w := range workloads {
+					labels := w.labels
+					target := xds.TargetFor(snap, &mesh.Proxy{Kind: kind, Namespace: ns, Labels: labels, IPs: w.ips})
+					k := viewKey{ns: ns, kind: kind, tls: target.IstioTLSMode, extAuthz: target.ExtAuthz}
+					if target.ExtAuthz.Enabled() {
+						guarded++
+					}
 					if w := target.Policies.Workload; w != nil {
 						k.policy = w.Key
 					}
@@ -201,11 +285,8 @@ func TestMemoMatchesFullTranslation(t *testing.T) {
 						continue // another workload with the same target
 					}
 					memo := memos[k]
-					if i == 0 {
-						sibling = memo
-					}
-					if memo == nil {
-						memo = sibling
+					if memo == nil && len(siblings) > 0 {
+						memo = siblings[rng.IntN(len(siblings))]
 					}
 					full := xds.Generate(view, target, xds.Options{})
 					var inc *xds.Resources
@@ -213,7 +294,8 @@ func TestMemoMatchesFullTranslation(t *testing.T) {
 					for _, typeURL := range xds.TypeURLs {
 						a, b := full.ByType(typeURL), inc.ByType(typeURL)
 						if !slices.EqualFunc(a, b, func(x, y types.Resource) bool { return proto.Equal(x, y) }) {
-							t.Fatalf("step %d, %s %s %v: %s differ between full and memoized translation", step, ns, kind, labels, typeURL)
+							t.Fatalf("step %d, %s %s %v %+v: %s differ between full and memoized translation (-full +memoized; an empty diff means different bytes in an Any):\n%s",
+								step, ns, kind, labels, target.ExtAuthz, typeURL, cmp.Diff(a, b, protocmp.Transform()))
 						}
 					}
 					if step%20 == 0 { // validation is slow; the fuzz and golden tests do more of it
@@ -225,5 +307,8 @@ func TestMemoMatchesFullTranslation(t *testing.T) {
 			}
 		}
 		memos = next
+	}
+	if guarded < 50 {
+		t.Errorf("only %d translations for proxies that the policy engine guards: the walk does not cover ext_authz", guarded)
 	}
 }

@@ -222,13 +222,13 @@ func TestSidecarSimulation(t *testing.T) {
 	}
 }
 
-// simulateInbound follows a connection redirected to a sidecar's virtualInbound
+// inboundChain follows a connection redirected to a sidecar's virtualInbound
 // listener as Envoy picks its filter chain: first by destination port (chains naming
 // the port win over those naming none), then by transport protocol as the TLS
 // inspector reports it ("tls" or "raw_buffer"; a chain naming the protocol wins over
-// one naming none). It returns the chain's name, or "(none)" when no chain matches
-// and Envoy closes the connection, and checks what a matched chain does.
-func simulateInbound(t *testing.T, res *xds.Resources, port uint32, tls bool) string {
+// one naming none). It returns nil when no chain matches and Envoy closes the
+// connection, and checks the transport socket of a matched chain.
+func inboundChain(t *testing.T, res *xds.Resources, port uint32, tls bool) *listener.FilterChain {
 	t.Helper()
 	var l *listener.Listener
 	for _, c := range res.Listeners {
@@ -271,19 +271,12 @@ func simulateInbound(t *testing.T, res *xds.Resources, port uint32, tls bool) st
 	}
 	switch len(matched) {
 	case 0:
-		return "(none)"
+		return nil
 	case 1:
 	default:
 		t.Fatalf("port %d, tls %v: several chains match: Envoy rejects such a listener", port, tls)
 	}
 	fc := matched[0]
-	var p tcpproxy.TcpProxy
-	if err := fc.Filters[0].GetTypedConfig().UnmarshalTo(&p); err != nil {
-		t.Fatal(err)
-	}
-	if want := xds.InboundPassthroughClusterName; port != xds.VirtualInboundPort && p.GetCluster() != want {
-		t.Errorf("chain %s forwards to %s, want %s", fc.Name, p.GetCluster(), want)
-	}
 	if ts := fc.GetTransportSocket(); ts != nil {
 		var ctx tlsv3.DownstreamTlsContext
 		if err := ts.GetTypedConfig().UnmarshalTo(&ctx); err != nil {
@@ -294,6 +287,27 @@ func simulateInbound(t *testing.T, res *xds.Resources, port uint32, tls bool) st
 		}
 		if !tls {
 			t.Errorf("chain %s terminates TLS on a plaintext connection", fc.Name)
+		}
+	}
+	return fc
+}
+
+// simulateInbound returns the name of the chain a connection to a sidecar's inbound
+// port lands on (inboundChain), or "(none)", and checks that a TCP chain forwards to
+// the application.
+func simulateInbound(t *testing.T, res *xds.Resources, port uint32, tls bool) string {
+	t.Helper()
+	fc := inboundChain(t, res, port, tls)
+	if fc == nil {
+		return "(none)"
+	}
+	if f := fc.Filters[0]; f.Name == "envoy.filters.network.tcp_proxy" {
+		var p tcpproxy.TcpProxy
+		if err := f.GetTypedConfig().UnmarshalTo(&p); err != nil {
+			t.Fatal(err)
+		}
+		if want := xds.InboundPassthroughClusterName; port != xds.VirtualInboundPort && p.GetCluster() != want {
+			t.Errorf("chain %s forwards to %s, want %s", fc.Name, p.GetCluster(), want)
 		}
 	}
 	return fc.Name
@@ -361,7 +375,7 @@ func TestSidecarMTLSSimulation(t *testing.T) {
 	snap := mesh.Build(1, objs)
 	generate := func(ns string, labels map[string]string) *xds.Resources {
 		view := snap.ViewFor(ns)
-		return xds.Generate(view, xds.TargetFor(view.PeerAuthentications, &mesh.Proxy{Kind: mesh.KindSidecar, Namespace: ns, Labels: labels}), xds.Options{})
+		return xds.Generate(view, xds.TargetFor(snap, &mesh.Proxy{Kind: mesh.KindSidecar, Namespace: ns, Labels: labels}), xds.Options{})
 	}
 	reviews := map[string]string{"app": "reviews", "version": "v1"}
 	ratings := map[string]string{"app": "ratings"}

@@ -36,6 +36,7 @@ import (
 	"github.com/palisade-mesh/palisade/cmd/internal/defaults"
 	"github.com/palisade-mesh/palisade/mesh"
 	"github.com/palisade-mesh/palisade/mesh/filesource"
+	"github.com/palisade-mesh/palisade/xds"
 	xdsserver "github.com/palisade-mesh/palisade/xds/server"
 )
 
@@ -44,6 +45,7 @@ type options struct {
 	xdsAddress        string
 	monitoringAddress string
 	maxFullPushes     int
+	sidecarAuthz      string
 	memoryLimit       string
 	identity          identityOptions
 	policy            policyOptions
@@ -56,6 +58,7 @@ func main() {
 	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "address of the xDS (ADS) gRPC server")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15014", "address of the HTTP server for /metrics, /healthz/ready and /debug/")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
+	fs.StringVar(&o.sidecarAuthz, "sidecar-authz-address", xds.DefaultExtAuthzAddress, "IP:PORT of the ext_authz endpoint an Envoy sidecar calls (palisade-agent's --authz-address, beside it) for workloads a CUSTOM AuthorizationPolicy or a RegoPolicy selects")
 	fs.StringVar(&o.memoryLimit, "memory-limit", "", "soft memory limit for the Go runtime, e.g. 250MiB or 1GiB, or none (as GOMEMLIMIT): the garbage collector works harder near it instead of letting the heap double (default: GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if there is one)")
 	id := &o.identity
 	fs.StringVar(&id.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh's identities (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT)")
@@ -131,7 +134,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	var snapshot atomic.Pointer[mesh.Snapshot]
-	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg, MaxFullPushes: o.maxFullPushes, TrustDomain: o.identity.trustDomain})
+	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg, MaxFullPushes: o.maxFullPushes, TrustDomain: o.identity.trustDomain, ExtAuthzAddress: o.sidecarAuthz})
 	var ready atomic.Bool
 	source := filesource.New(filesource.Config{
 		Dir:        o.configDir,

@@ -46,6 +46,10 @@ type CacheConfig struct {
 	// TrustDomain of the mesh's workload identities, checked in peers' certificates;
 	// "" means xds.DefaultTrustDomain (cluster.local).
 	TrustDomain string
+	// ExtAuthzAddress is where sidecars reach the ext_authz server (palisade-agent on
+	// their host), as IP:PORT; "" means xds.DefaultExtAuthzAddress (127.0.0.1:9191).
+	// An invalid address is logged, and the default used.
+	ExtAuthzAddress string
 }
 
 // Cache turns the current mesh snapshot into answers to xDS watches.
@@ -161,8 +165,13 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	opts := xds.Options{TrustDomain: cfg.TrustDomain, ExtAuthzAddress: cfg.ExtAuthzAddress}
+	if err := opts.Validate(); err != nil {
+		cfg.Logger.Error("invalid xDS translation option; using the default", "error", err, "default", xds.DefaultExtAuthzAddress)
+		opts.ExtAuthzAddress = ""
+	}
 	return &Cache{
-		log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, opts: xds.Options{TrustDomain: cfg.TrustDomain},
+		log: cfg.Logger, metrics: cfg.Metrics, throttle: cfg.Throttle, opts: opts,
 		watches: map[*watch]struct{}{}, changes: map[viewKey][]changeRecord{},
 	}
 }

@@ -66,20 +66,24 @@ func stringMap(s *structpb.Struct) map[string]string {
 // share one translation. Besides the namespace and kind, that is what its inbound
 // configuration depends on (xds.Target): the workload-level PeerAuthentication
 // selecting it, by key (an edited policy keeps its proxies' translation, and its
-// memo), and, for proxyless gRPC, whether it is labelled tlsMode=istio. Proxies of a
-// namespace with the same effective policy therefore share one translation, and a
+// memo), for proxyless gRPC whether it is labelled tlsMode=istio, and for a sidecar
+// that the policy engine guards (a CUSTOM AuthorizationPolicy or a RegoPolicy selects
+// it, and it serves HTTP ports) its labels and those ports (xds.ExtAuthz). Proxies of
+// a namespace with the same effective policy and no ext_authz therefore share one
+// translation, as they always did; a guarded workload's proxies share theirs; and a
 // policy change re-translates the inbound configuration of the views it selects.
 type viewKey struct {
 	namespace string
 	kind      mesh.ProxyKind
 	policy    config.Key // zero: no workload-level policy
 	istioTLS  bool
+	extAuthz  xds.ExtAuthz // zero: the policy engine does not guard the proxy
 }
 
 // keyOf returns the view of a proxy in a snapshot.
 func keyOf(snap *mesh.Snapshot, p *mesh.Proxy) viewKey {
-	t := xds.TargetFor(snap.PeerAuthentications, p)
-	k := viewKey{namespace: p.Namespace, kind: t.Kind, istioTLS: t.IstioTLSMode}
+	t := xds.TargetFor(snap, p)
+	k := viewKey{namespace: p.Namespace, kind: t.Kind, istioTLS: t.IstioTLSMode, extAuthz: t.ExtAuthz}
 	if w := t.Policies.Workload; w != nil {
 		k.policy = w.Key
 	}
@@ -88,7 +92,7 @@ func keyOf(snap *mesh.Snapshot, p *mesh.Proxy) viewKey {
 
 // target is the translation target of the key's proxies in a snapshot.
 func (k viewKey) target(snap *mesh.Snapshot) xds.Target {
-	t := xds.Target{Kind: k.kind, Policies: snap.PeerAuthentications.ForNamespace(k.namespace), IstioTLSMode: k.istioTLS}
+	t := xds.Target{Kind: k.kind, Policies: snap.PeerAuthentications.ForNamespace(k.namespace), IstioTLSMode: k.istioTLS, ExtAuthz: k.extAuthz}
 	if k.namespace != mesh.RootNamespace {
 		t.Policies.Workload = snap.PeerAuthentications.ByKey(k.policy)
 	}
@@ -98,8 +102,12 @@ func (k viewKey) target(snap *mesh.Snapshot) xds.Target {
 // variant tells apart the views of one namespace and kind, as a string recorded in
 // delta streams' state.
 func (k viewKey) variant() string {
-	if k.policy == (config.Key{}) && !k.istioTLS {
+	if k.policy == (config.Key{}) && !k.istioTLS && k.extAuthz == (xds.ExtAuthz{}) {
 		return ""
 	}
-	return k.policy.Namespace + "/" + k.policy.Name + "/" + strconv.FormatBool(k.istioTLS)
+	v := k.policy.Namespace + "/" + k.policy.Name + "/" + strconv.FormatBool(k.istioTLS)
+	if k.extAuthz != (xds.ExtAuthz{}) {
+		v += "/" + k.extAuthz.Ports + "/" + k.extAuthz.Labels
+	}
+	return v
 }

@@ -29,6 +29,10 @@ type Config struct {
 	// generated mutual TLS configuration accepts peers of this trust domain. ""
 	// means xds.DefaultTrustDomain, cluster.local.
 	TrustDomain string
+	// ExtAuthzAddress is where sidecars that the policy engine guards reach the
+	// ext_authz server (palisade-agent, on their host), as IP:PORT; "" means
+	// xds.DefaultExtAuthzAddress, 127.0.0.1:9191.
+	ExtAuthzAddress string
 }
 
 // DefaultMaxFullPushes bounds reconnect storms; Istio's push throttle defaults to 100.
@@ -56,7 +60,7 @@ func New(cfg Config) *Server {
 	throttle := newPushThrottle(cfg.MaxFullPushes, pushAckTimeout)
 	return &Server{
 		cfg:     cfg,
-		cache:   NewCache(CacheConfig{Logger: cfg.Logger, Metrics: m, Throttle: throttle, TrustDomain: cfg.TrustDomain}),
+		cache:   NewCache(CacheConfig{Logger: cfg.Logger, Metrics: m, Throttle: throttle, TrustDomain: cfg.TrustDomain, ExtAuthzAddress: cfg.ExtAuthzAddress}),
 		tracker: NewTracker(cfg.Logger, m, throttle),
 	}
 }
