@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO    ?= go
 
-.PHONY: run build test lint bench bench-go bench-xds bench-identity fuzz demo
+.PHONY: run build test lint bench bench-go bench-xds bench-identity bench-authz fuzz demo
 
 ## run: build and start palisaded on the example mesh (examples/mesh).
 run:
@@ -22,13 +22,18 @@ lint:
 
 ## bench: Go benchmarks (translation, serving, CA, agent), then the benchmark programs
 ## for xDS serving and identity (bench-identity --spire adds SPIRE as the baseline).
-bench: bench-go bench-xds bench-identity
+bench: bench-go bench-xds bench-identity bench-authz
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/ ./xds/server/ ./identity/ ./identity/agent/
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/ ./xds/server/ ./identity/ ./identity/agent/ ./authz/
 
 bench-identity:
 	$(GO) run ./bench/identity
+
+## bench-authz: Palisade's ext_authz endpoint beside OPA-Envoy's approach and a
+## do-nothing floor, servers pinned to CPU 0 and the load to CPU 1 (about 10 minutes).
+bench-authz:
+	$(GO) run ./bench/authz
 
 bench-xds:
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind proxyless

@@ -159,15 +159,11 @@ func attributes(a *authv3.AttributeContext, headers map[string]string) ast.Objec
 	if len(a.ContextExtensions) > 0 {
 		o.Insert(kContextExtensions, stringMap(a.ContextExtensions))
 	}
-	if a.MetadataContext != nil {
-		if t := viaJSON(a.MetadataContext); t != nil {
-			o.Insert(kMetadataContext, t)
-		}
+	if t := metadata(a.MetadataContext); t != nil {
+		o.Insert(kMetadataContext, t)
 	}
-	if a.RouteMetadataContext != nil {
-		if t := viaJSON(a.RouteMetadataContext); t != nil {
-			o.Insert(kRouteMetadata, t)
-		}
+	if t := metadata(a.RouteMetadataContext); t != nil {
+		o.Insert(kRouteMetadata, t)
 	}
 	if a.TlsSession != nil {
 		tls := ast.NewObject()
@@ -260,6 +256,18 @@ func timestamp(t *timestamppb.Timestamp) string {
 	s = strings.TrimSuffix(s, "000")
 	s = strings.TrimSuffix(s, ".000")
 	return s + "Z"
+}
+
+// metadata maps Envoy's metadata; Envoy sends it empty on every request unless
+// filters add some, and the empty form needs no conversion.
+func metadata(m *corev3.Metadata) *ast.Term {
+	switch {
+	case m == nil:
+		return nil
+	case len(m.FilterMetadata) == 0 && len(m.TypedFilterMetadata) == 0:
+		return ast.ObjectTerm()
+	}
+	return viaJSON(m)
 }
 
 // viaJSON converts a rarely present part (metadata, non-socket addresses) the slow

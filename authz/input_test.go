@@ -87,6 +87,7 @@ func TestInputMatchesOPAEnvoy(t *testing.T) {
 		"plaintext":       request{method: "GET", path: "/", host: "reviews"}.check(),
 		"extensions":      request{method: "GET", path: "/", host: "r", extensions: map[string]string{ExtensionWorkloadNamespace: "ns", ExtensionWorkloadLabels: "app=r,version=v1"}}.check(),
 		"metadata":        withMeta,
+		"empty metadata":  {Attributes: &authv3.AttributeContext{MetadataContext: &corev3.Metadata{}, RouteMetadataContext: &corev3.Metadata{}}},
 		"no attributes":   {},
 		"grpc":            request{method: "POST", path: "/helloworld.Greeter/SayHello", host: "greeter:50051", headers: map[string]string{"content-type": "application/grpc"}}.check(),
 		"named port":      {Attributes: &authv3.AttributeContext{Destination: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "::1", Protocol: corev3.SocketAddress_UDP, PortSpecifier: &corev3.SocketAddress_NamedPort{NamedPort: "http"}}}}}}},
