@@ -59,35 +59,32 @@ allow_policies contains selection.id(p) if {
 # undefined when none does (or p has no rules).
 first_match(p) := [i | some i, rule in p.spec.rules; rule_matches(rule)][0]
 
-# rule_matches(rule): from, to and when all match; only the parts present are
-# looked at (absent or empty from/to match every request, as Istio reads them).
+# rule_matches(rule): from, to and when all match. Absent or empty from/to
+# match every request, as Istio reads them; from and to match when one of their
+# entries does; every condition of when must match.
 rule_matches(rule) if {
-	every part, value in rule {
-		part_matches(part, value)
+	from_matches(object.get(rule, "from", []))
+	to_matches(object.get(rule, "to", []))
+	every c in object.get(rule, "when", []) {
+		condition_matches(c)
 	}
 }
 
-part_matches("from", []) := true
+from_matches([]) := true
 
-part_matches("from", from) if {
+from_matches(from) if {
 	some f in from
 	every field, patterns in object.get(f, "source", {}) {
 		source_field(field, patterns)
 	}
 }
 
-part_matches("to", []) := true
+to_matches([]) := true
 
-part_matches("to", to) if {
+to_matches(to) if {
 	some t in to
 	every field, patterns in object.get(t, "operation", {}) {
 		operation_field(field, patterns)
-	}
-}
-
-part_matches("when", conditions) if {
-	every c in conditions {
-		condition_matches(c)
 	}
 }
 
@@ -164,82 +161,82 @@ cidr(block) := block if {
 # key never matches.
 
 condition_matches(c) if {
-	values := attribute(c.key)
-	kind := key_kind(c.key)
+	[kind, values] := attribute(c.key)
 	wanted(kind, object.get(c, "values", []), values)
-	not any_value(kind, object.get(c, "notValues", []), values)
+	not some_match(kind, object.get(c, "notValues", []), values)
 }
 
 wanted(_, [], _) := true
 
-wanted(kind, patterns, values) if any_value(kind, patterns, values)
+wanted(kind, patterns, values) if some_match(kind, patterns, values)
 
-any_value(kind, patterns, values) if {
+# some_match(kind, patterns, values): a value matches a pattern. IP attributes
+# match IPs/CIDRs, ports match exactly, the rest match as Istio's strings.
+some_match("string", patterns, values) if {
 	some v in values
-	value_matches(kind, patterns, v)
+	match.any_of(patterns, v)
 }
 
-value_matches("string", patterns, v) if match.any_of(patterns, v)
+some_match("ip", blocks, values) if {
+	some v in values
+	in_blocks(blocks, v)
+}
 
-value_matches("ip", blocks, v) if in_blocks(blocks, v)
+some_match("port", ports, values) if {
+	some v in values
+	v in ports
+}
 
-value_matches("port", ports, v) if v in ports
+# attribute(key) is [KIND, VALUES]: how the key's values match, and the list of
+# the request's values for it (a function of the key alone, so OPA computes it
+# once per key and request however many policies test it).
+attribute("source.ip") := ["ip", present(source_ip)]
 
-# key_kind: IP attributes are matched as IPs/CIDRs, ports exactly, the rest with
-# Istio's string matching.
-key_kind(key) := kind if {
-	kind := special_kinds[key]
-} else := "string"
+attribute("remote.ip") := ["ip", present(remote_ip)]
 
-special_kinds := {"source.ip": "ip", "remote.ip": "ip", "destination.ip": "ip", "destination.port": "port"}
+attribute("destination.ip") := ["ip", present(destination_ip)]
 
-# attribute(key) is the list of the request's values for key.
-attribute("source.ip") := present(source_ip)
+attribute("destination.port") := ["port", present(destination_port)]
 
-attribute("remote.ip") := present(remote_ip)
+attribute("source.namespace") := ["string", present(source_namespace)]
 
-attribute("source.namespace") := present(source_namespace)
+attribute("source.principal") := ["string", present(source_principal)]
 
-attribute("source.principal") := present(source_principal)
+attribute("request.auth.principal") := ["string", present(request_principal)]
 
-attribute("request.auth.principal") := present(request_principal)
+attribute("request.auth.audiences") := ["string", object.get(request_auth, "audiences", [])]
 
-attribute("request.auth.audiences") := object.get(request_auth, "audiences", [])
+attribute("request.auth.presenter") := ["string", present(object.get(request_auth, "presenter", ""))]
 
-attribute("request.auth.presenter") := present(object.get(request_auth, "presenter", ""))
-
-attribute("destination.ip") := present(destination_ip)
-
-attribute("destination.port") := present(destination_port)
-
-attribute("connection.sni") := present(sni)
+attribute("connection.sni") := ["string", present(sni)]
 
 # request.headers[NAME]: header names are lower-case in the input.
-attribute(key) := present(object.get(headers, lower(name), "")) if {
-	name := bracketed(key, "request.headers[")
-}
-
-# request.auth.claims[A] and nested claims request.auth.claims[A][B]...
-attribute(key) := claim_values(object.get(request_auth, array.concat(["claims"], path), null)) if {
-	path := split(bracketed(key, "request.auth.claims["), "][")
-}
-
-# bracketed("prefix[X]", "prefix[") is X.
-bracketed(key, prefix) := trim_suffix(trim_prefix(key, prefix), "]") if {
-	startswith(key, prefix)
+attribute(key) := ["string", present(object.get(headers, lower(substring(key, 16, count(key) - 17)), ""))] if {
+	startswith(key, "request.headers[")
 	endswith(key, "]")
 }
 
+# request.auth.claims[A] and nested claims request.auth.claims[A][B]...
+attribute(key) := ["string", claim_values(object.get(request_auth, array.concat(["claims"], path), null))] if {
+	startswith(key, "request.auth.claims[")
+	endswith(key, "]")
+	path := split(substring(key, 20, count(key) - 21), "][")
+}
+
 # present(s) is [s], or [] for "" (no value).
-present(s) := [] if {
-	s == ""
-} else := [s]
+present("") := []
+
+present(s) := [s] if s != ""
 
 # claim_values: a string claim is one value, a list claim one value per element;
-# numbers and booleans compare as their string form; anything else has none.
+# numbers and booleans compare as their JSON text ("3", "true"); anything else has
+# none.
 claim_values(v) := [v] if {
 	is_string(v)
-} else := [s | some x in v; s := scalar_string(x)] if {
+} else := [s |
+	some x in v
+	s := scalar_string(x)
+] if {
 	is_array(v)
 } else := [scalar_string(v)] if {
 	scalar_string(v)
@@ -247,10 +244,8 @@ claim_values(v) := [v] if {
 
 scalar_string(x) := x if {
 	is_string(x)
-} else := sprintf("%v", [x]) if {
-	is_number(x)
-} else := sprintf("%v", [x]) if {
-	is_boolean(x)
+} else := json.marshal(x) if {
+	type_name(x) in {"number", "boolean"}
 }
 
 # ---------------------------------------------------------------------------

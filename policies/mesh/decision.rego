@@ -84,12 +84,23 @@ denial(status, headers, body, reason, reasons) := {
 allowed := {
 	"allowed": true,
 	"http_status": 200,
-	"headers": object.union_n(array.concat([jwt.request_headers], [object.get(v, "headers", {}) | some v in allowing_verdicts])),
-	"response_headers_to_add": object.union_n([object.get(v, "response_headers_to_add", {}) | some v in allowing_verdicts]),
-	"request_headers_to_remove": sort(jwt.request_headers_to_remove | {h | some v in allowing_verdicts; some h in object.get(v, "request_headers_to_remove", [])}),
+	"headers": added.headers,
+	"response_headers_to_add": added.response_headers_to_add,
+	"request_headers_to_remove": added.request_headers_to_remove,
 	"body": "",
 	"reason": allowed_reason,
 	"reasons": array.concat(jwt.reasons, array.concat(custom_reasons, array.concat(audit_reasons, array.concat(allow_reasons, rego_reasons)))),
+}
+
+# added are the header changes of an allowed request: none without a valid JWT
+# or RegoPolicy verdicts (the common case, decided without looking further).
+added := {"headers": {}, "response_headers_to_add": {}, "request_headers_to_remove": []} if {
+	not jwt.auth
+	count(allowing_verdicts) == 0
+} else := {
+	"headers": object.union_n(array.concat([jwt.request_headers], [object.get(v, "headers", {}) | some v in allowing_verdicts])),
+	"response_headers_to_add": object.union_n([object.get(v, "response_headers_to_add", {}) | some v in allowing_verdicts]),
+	"request_headers_to_remove": sort(jwt.request_headers_to_remove | {h | some v in allowing_verdicts; some h in object.get(v, "request_headers_to_remove", [])}),
 }
 
 allowed_reason := concat("", ["allowed by ALLOW policy ", sort(object.keys(authz.allow_matches))[0]]) if {
@@ -98,7 +109,10 @@ allowed_reason := concat("", ["allowed by ALLOW policy ", sort(object.keys(authz
 
 # allowing_verdicts are the verdicts of the RegoPolicies consulted, in the order
 # of reasons (all allowed, or the request would have been denied).
-allowing_verdicts := array.concat(
+allowing_verdicts := [] if {
+	count(providers) == 0
+	count(rego_verdicts) == 0
+} else := array.concat(
 	[provider_verdicts[name][id] | some name in sort(providers); some id in sort(object.keys(object.get(provider_verdicts, name, {})))],
 	[rego_verdicts[id] | some id in sort(object.keys(rego_verdicts))],
 )
@@ -128,6 +142,12 @@ as_verdict(r) := {"allowed": false} if {
 }
 
 allows(v) if v.allowed == true
+
+# verdict_detail adds "detail" to the reason of a RegoPolicy whose decision is
+# undefined.
+verdict_detail(v) := {"detail": "decision undefined"} if {
+	v.undefined
+} else := {}
 
 effect(v) := "allow" if allows(v)
 
@@ -175,19 +195,24 @@ custom_denial_reason(id, name, "") := concat("", ["denied by CUSTOM policy ", id
 custom_denial_reason(id, name, rp) := concat("", ["denied by CUSTOM policy ", id, ": RegoPolicy ", rp, " of provider \"", name, "\" denied"]) if rp != ""
 
 # custom_reasons: the matching CUSTOM policies, then their providers' RegoPolicies.
-custom_reasons := array.concat(
+custom_reasons := [] if {
+	count(authz.custom_matches) == 0
+} else := array.concat(
 	[r |
 		some id in sort(object.keys(authz.custom_matches))
 		m := authz.custom_matches[id]
 		r := {
 			"kind": "AuthorizationPolicy", "policy": id, "action": "CUSTOM", "provider": m.provider,
-			"rule": m.rule, "effect": custom_effect(m.provider),
+			"rule": m.rule, "effect": custom_effect(m.provider), "detail": concat("", ["provider ", m.provider]),
 		}
 	],
 	[r |
 		some name in sort(providers)
 		some id in sort(object.keys(object.get(provider_verdicts, name, {})))
-		r := {"kind": "RegoPolicy", "policy": id, "provider": name, "effect": effect(provider_verdicts[name][id])}
+		r := object.union(
+			{"kind": "RegoPolicy", "policy": id, "provider": name, "effect": effect(provider_verdicts[name][id])},
+			verdict_detail(provider_verdicts[name][id]),
+		)
 	],
 )
 
@@ -224,9 +249,11 @@ rego_verdicts[selection.id(p)] := verdict(p) if {
 	not has_provider(p)
 }
 
-rego_reasons := [r |
+rego_reasons := [] if {
+	count(rego_verdicts) == 0
+} else := [r |
 	some id in sort(object.keys(rego_verdicts))
-	r := {"kind": "RegoPolicy", "policy": id, "effect": effect(rego_verdicts[id])}
+	r := object.union({"kind": "RegoPolicy", "policy": id, "effect": effect(rego_verdicts[id])}, verdict_detail(rego_verdicts[id]))
 ]
 
 # rego_denial is the first RegoPolicy (in sort order) that denies.

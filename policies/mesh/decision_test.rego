@@ -181,8 +181,8 @@ cases := [
 			"allowed": false, "http_status": 418,
 			"reason": "denied by CUSTOM policy default/b: RegoPolicy default/teapot of provider \"other\" denied",
 			"reasons": [
-				{"kind": "AuthorizationPolicy", "policy": "default/a", "action": "CUSTOM", "provider": "ext", "rule": 0, "effect": "allow"},
-				{"kind": "AuthorizationPolicy", "policy": "default/b", "action": "CUSTOM", "provider": "other", "rule": 0, "effect": "deny"},
+				{"kind": "AuthorizationPolicy", "policy": "default/a", "action": "CUSTOM", "provider": "ext", "rule": 0, "effect": "allow", "detail": "provider ext"},
+				{"kind": "AuthorizationPolicy", "policy": "default/b", "action": "CUSTOM", "provider": "other", "rule": 0, "effect": "deny", "detail": "provider other"},
 				{"kind": "RegoPolicy", "policy": "istio-system/ext-allow", "provider": "ext", "effect": "allow"},
 				{"kind": "RegoPolicy", "policy": "default/teapot", "provider": "other", "effect": "deny"},
 			],
@@ -200,7 +200,7 @@ cases := [
 		"want": {
 			"allowed": true, "headers": {"x-ext": "ok"},
 			"reasons": [
-				{"kind": "AuthorizationPolicy", "policy": "default/ext", "action": "CUSTOM", "provider": "ext", "rule": 0, "effect": "allow"},
+				{"kind": "AuthorizationPolicy", "policy": "default/ext", "action": "CUSTOM", "provider": "ext", "rule": 0, "effect": "allow", "detail": "provider ext"},
 				{"kind": "RegoPolicy", "policy": "istio-system/ext-allow", "provider": "ext", "effect": "allow"},
 			],
 		},
@@ -213,7 +213,7 @@ cases := [
 			"allowed": false, "http_status": 418, "body": "no tea", "headers": {"x-why": "teapot"},
 			"reason": "denied by CUSTOM policy default/ext: RegoPolicy default/teapot of provider \"ext\" denied",
 			"reasons": [
-				{"kind": "AuthorizationPolicy", "policy": "default/ext", "action": "CUSTOM", "provider": "ext", "rule": 0, "effect": "deny"},
+				{"kind": "AuthorizationPolicy", "policy": "default/ext", "action": "CUSTOM", "provider": "ext", "rule": 0, "effect": "deny", "detail": "provider ext"},
 				{"kind": "RegoPolicy", "policy": "default/teapot", "provider": "ext", "effect": "deny"},
 				{"kind": "RegoPolicy", "policy": "istio-system/ext-allow", "provider": "ext", "effect": "allow"},
 			],
@@ -238,7 +238,7 @@ cases := [
 		"want": {
 			"allowed": false, "http_status": 403,
 			"reason": "denied by CUSTOM policy default/ext: no RegoPolicy for provider \"missing\"",
-			"reasons": [{"kind": "AuthorizationPolicy", "policy": "default/ext", "action": "CUSTOM", "provider": "missing", "rule": 0, "effect": "deny"}],
+			"reasons": [{"kind": "AuthorizationPolicy", "policy": "default/ext", "action": "CUSTOM", "provider": "missing", "rule": 0, "effect": "deny", "detail": "provider missing"}],
 		},
 	},
 	{
@@ -278,7 +278,10 @@ cases := [
 	{
 		"name": "RegoPolicy with an undefined decision denies",
 		"aps": [], "rps": [rego("default", "empty", {})],
-		"want": {"allowed": false, "http_status": 403, "reason": "denied by RegoPolicy default/empty: decision undefined"},
+		"want": {
+			"allowed": false, "http_status": 403, "reason": "denied by RegoPolicy default/empty: decision undefined",
+			"reasons": [{"kind": "RegoPolicy", "policy": "default/empty", "effect": "deny", "detail": "decision undefined"}],
+		},
 	},
 	{
 		"name": "RegoPolicy whose module is missing denies",
@@ -401,7 +404,7 @@ jwt_cases := [
 		"want": {
 			"allowed": true, "http_status": 200, "headers": {"x-sub": "alice"}, "request_headers_to_remove": ["authorization"],
 			"reasons": [
-				{"kind": "RequestAuthentication", "policy": "istio-system/issuer", "effect": "allow", "principal": "https://issuer.example.com/alice"},
+				{"kind": "RequestAuthentication", "policy": "istio-system/issuer", "effect": "allow", "principal": "https://issuer.example.com/alice", "detail": "https://issuer.example.com/alice"},
 				{"kind": "AuthorizationPolicy", "policy": "default/require-jwt", "action": "ALLOW", "rule": 0, "effect": "allow"},
 			],
 		},
@@ -422,7 +425,7 @@ jwt_cases := [
 		"want": {
 			"allowed": false, "http_status": 401, "reason": "Jwt verification fails", "body": "Jwt verification fails",
 			"headers": {"www-authenticate": "Bearer realm=\"http://reviews:9080/books\", error=\"invalid_token\""},
-			"reasons": [{"kind": "RequestAuthentication", "policy": "istio-system/issuer", "effect": "deny", "reason": "Jwt verification fails", "issuer": "https://issuer.example.com"}],
+			"reasons": [{"kind": "RequestAuthentication", "policy": "istio-system/issuer", "effect": "deny", "detail": "Jwt verification fails", "issuer": "https://issuer.example.com"}],
 		},
 	},
 	{

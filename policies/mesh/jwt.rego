@@ -148,7 +148,14 @@ invalid contains token if {
 	not valid[token]
 }
 
-denied if count(invalid) > 0
+denied if {
+	configured
+	count(invalid) > 0
+}
+
+# configured: a RequestAuthentication applies. Without one (the common case),
+# tokens are not looked for, and nothing else here is evaluated.
+configured if count(selection.request_authentications) > 0
 
 # ---------------------------------------------------------------------------
 # request.auth.* of the valid token (the first in sort order if there are
@@ -160,6 +167,7 @@ auth := {
 	"presenter": object.get(claims, "azp", ""),
 	"claims": claims,
 } if {
+	configured
 	claims := valid[auth_token]
 }
 
@@ -224,32 +232,33 @@ validating_policies contains id if {
 	rules[[id, i]].issuer == auth.claims.iss
 }
 
-# reasons lists the RequestAuthentications that took part, sorted by policy.
+# reasons lists the RequestAuthentications that took part, sorted by policy;
+# "detail" is what palisadectl authz explain shows: why the token failed, or the
+# principal of the valid one.
+default reasons := []
+
 reasons := [r |
 	some id in sort(failed_policies)
 	r := {
-		"kind": "RequestAuthentication", "policy": id, "effect": "deny", "reason": reason,
+		"kind": "RequestAuthentication", "policy": id, "effect": "deny", "detail": reason,
 		"issuer": object.get(claims_of, [failed_token, "iss"], ""),
 	}
-] if denied
-
-reasons := [r |
-	some id in sort(validating_policies)
-	r := {"kind": "RequestAuthentication", "policy": id, "effect": "allow", "principal": auth.principal}
 ] if {
-	not denied
+	count(found) > 0
+	denied
+} else := [r |
+	some id in sort(validating_policies)
+	r := {"kind": "RequestAuthentication", "policy": id, "effect": "allow", "principal": auth.principal, "detail": auth.principal}
+] if {
+	count(found) > 0
 	auth
-}
-
-reasons := [] if {
-	not denied
-	not auth
 }
 
 # request_headers_to_remove: the headers a valid token came in, unless its rule
 # says forwardOriginalToken (Envoy removes a verified token from the request by
 # default).
 request_headers_to_remove contains name if {
+	configured
 	some [t, key, {"header": name}] in extracted
 	valid[t]
 	not rules[key].forwardOriginalToken
@@ -259,12 +268,14 @@ request_headers_to_remove contains name if {
 # request.auth: outputPayloadToHeader gets the token's payload (base64url, as in
 # the token), outputClaimToHeaders the claims' values (top-level claims).
 request_headers[name] := split(t, ".")[1] if {
+	configured
 	some [t, key, _] in extracted
 	t == auth_token
 	name := rules[key].outputPayloadToHeader
 }
 
 request_headers[h.header] := value if {
+	configured
 	some [t, key, _] in extracted
 	t == auth_token
 	some h in rules[key].outputClaimToHeaders

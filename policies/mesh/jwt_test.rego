@@ -256,11 +256,11 @@ test_expiry_follows_the_clock if {
 
 test_reasons if {
 	inp := request(bearer(valid), {})
-	jwt.reasons == [{"kind": "RequestAuthentication", "policy": "default/jwt", "effect": "allow", "principal": "https://issuer.example.com/alice"}] with input as inp
+	jwt.reasons == [{"kind": "RequestAuthentication", "policy": "default/jwt", "effect": "allow", "principal": "https://issuer.example.com/alice", "detail": "https://issuer.example.com/alice"}] with input as inp
 		with data.palisade.config as config([rule({})])
-	jwt.reasons == [{"kind": "RequestAuthentication", "policy": "default/jwt", "effect": "deny", "reason": "Jwt verification fails", "issuer": issuer}] with input as request(bearer(expired), {})
+	jwt.reasons == [{"kind": "RequestAuthentication", "policy": "default/jwt", "effect": "deny", "detail": "Jwt verification fails", "issuer": issuer}] with input as request(bearer(expired), {})
 		with data.palisade.config as config([rule({})])
-	jwt.reasons == [{"kind": "RequestAuthentication", "policy": "default/jwt", "effect": "deny", "reason": "Jwt issuer is not configured", "issuer": "https://evil.example.com"}] with input as request(bearer(unknown_issuer), {})
+	jwt.reasons == [{"kind": "RequestAuthentication", "policy": "default/jwt", "effect": "deny", "detail": "Jwt issuer is not configured", "issuer": "https://evil.example.com"}] with input as request(bearer(unknown_issuer), {})
 		with data.palisade.config as config([rule({})])
 	jwt.reasons == [] with input as request({}, {}) with data.palisade.config as config([rule({})])
 }

@@ -38,6 +38,23 @@ print_mismatch(c, got) if {
 	print("case", c.name, "want", c.want, "got", got)
 } else := true
 
+# any_of agrees with matches on every case of the table, as a list of one
+# pattern and among other patterns.
+test_any_of_is_matches if {
+	every c in cases {
+		got := any_of_result([c.pattern], c.value)
+		print_mismatch(c, got)
+		got == c.want
+		got2 := any_of_result(["/nothing", c.pattern, "nothing*"], c.value)
+		print_mismatch(c, got2)
+		got2 == c.want
+	}
+}
+
+any_of_result(patterns, value) if match.any_of(patterns, value)
+
+any_of_result(patterns, value) := false if not match.any_of(patterns, value)
+
 test_any_of if {
 	match.any_of(["/a", "/b*"], "/b/c")
 	not match.any_of(["/a", "/b*"], "/c")

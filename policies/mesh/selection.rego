@@ -34,36 +34,36 @@ namespaces contains namespace
 
 namespaces contains root
 
+# A policy selects the workload when its spec.selector.matchLabels are a subset of
+# the workload's labels; no selector (or an empty one, which the JSON form leaves
+# out) selects every workload of the namespaces above. Per policy this is one
+# lookup and one built-in, with labels bound once: it runs for every policy of
+# the two namespaces.
+
 # authorization_policies is the list of the AuthorizationPolicies that apply.
 authorization_policies := [p |
+	l := labels
 	some ns in namespaces
 	some p in data.palisade.config.authorization_policies[ns]
-	object.subset(labels, match_labels(p))
+	object.subset(l, object.get(p.spec, ["selector", "matchLabels"], {}))
 ]
 
 # request_authentications is the list of the RequestAuthentications that apply.
 request_authentications := [p |
+	l := labels
 	some ns in namespaces
 	some p in data.palisade.config.request_authentications[ns]
-	object.subset(labels, match_labels(p))
+	object.subset(l, object.get(p.spec, ["selector", "matchLabels"], {}))
 ]
 
 # rego_policies is the list of the RegoPolicies that apply (with or without
 # provider: the decision tells them apart).
 rego_policies := [p |
+	l := labels
 	some ns in namespaces
 	some p in data.palisade.config.rego_policies[ns]
-	object.subset(labels, match_labels(p))
+	object.subset(l, object.get(p.spec, ["selector", "matchLabels"], {}))
 ]
-
-# match_labels(p) is p's spec.selector.matchLabels, or {} when it has none (absent,
-# null or empty: no selector, which selects every workload of the namespaces
-# above). A policy selects the workload when its matchLabels are a subset of the
-# workload's labels.
-match_labels(p) := m if {
-	m := p.spec.selector.matchLabels
-	is_object(m)
-} else := {}
 
 # id(p) is "NS/NAME", how decisions name a policy.
 id(p) := concat("/", [p.metadata.namespace, p.metadata.name])

@@ -26,7 +26,6 @@ policies := [
 	policy("default", "reviews", {"app": "reviews"}),
 	policy("default", "reviews-v1", {"app": "reviews", "version": "v1"}),
 	policy("default", "reviews-v2", {"app": "reviews", "version": "v2"}),
-	{"metadata": {"namespace": "default", "name": "null-labels"}, "spec": {"selector": {"matchLabels": null}}},
 	bare("other", "other-ns-wide"),
 	policy("other", "other-reviews", {"app": "reviews"}),
 ]
@@ -44,18 +43,18 @@ cases := [
 		"workload": {"namespace": "default", "labels": {"app": "reviews", "version": "v1"}},
 		"want": {
 			"istio-system/mesh-wide", "istio-system/root-reviews", "istio-system/root-empty-selector",
-			"default/ns-wide", "default/reviews", "default/reviews-v1", "default/null-labels",
+			"default/ns-wide", "default/reviews", "default/reviews-v1",
 		},
 	},
 	{
 		"name": "a selector needs every label",
 		"workload": {"namespace": "default", "labels": {"version": "v1"}},
-		"want": {"istio-system/mesh-wide", "istio-system/root-empty-selector", "default/ns-wide", "default/null-labels"},
+		"want": {"istio-system/mesh-wide", "istio-system/root-empty-selector", "default/ns-wide"},
 	},
 	{
 		"name": "workload without labels gets only policies without selector",
 		"workload": {"namespace": "default"},
-		"want": {"istio-system/mesh-wide", "istio-system/root-empty-selector", "default/ns-wide", "default/null-labels"},
+		"want": {"istio-system/mesh-wide", "istio-system/root-empty-selector", "default/ns-wide"},
 	},
 	{
 		"name": "other namespace: its own policies and the root's, not default's",
@@ -77,7 +76,7 @@ cases := [
 		"workload": {"namespace": "default", "labels": {"app": "reviews", "version": "v3"}},
 		"want": {
 			"istio-system/mesh-wide", "istio-system/root-reviews", "istio-system/root-empty-selector",
-			"default/ns-wide", "default/reviews", "default/null-labels",
+			"default/ns-wide", "default/reviews",
 		},
 	},
 ]
