@@ -64,11 +64,11 @@ func BenchmarkDecideSmall(b *testing.B) {
 	req := request{method: "GET", path: "/reviews/1", host: "reviews:9080", from: "spiffe://cluster.local/ns/default/sa/productpage",
 		extensions: map[string]string{ExtensionWorkloadNamespace: "default", ExtensionWorkloadLabels: "app=reviews"}}.check()
 	ctx := context.Background()
-	if d, _, _ := s.Decide(ctx, Input(req)); !d.Allowed {
-		b.Fatalf("denied: %s", d.Reason)
+	if resp, _ := s.Check(ctx, req); resp.GetOkResponse() == nil {
+		b.Fatalf("denied: %v", resp.GetStatus())
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		s.Decide(ctx, Input(req))
+		s.Check(ctx, req)
 	}
 }

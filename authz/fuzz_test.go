@@ -34,7 +34,7 @@ decision := {"allowed": allowed, "n": count(input.parsed_path) + count(input.par
 		if _, err := json.Marshal(x); err != nil {
 			t.Fatalf("input does not encode: %v", err)
 		}
-		d, _, _ := s.Decide(context.Background(), in)
+		d, _, _ := s.Decide(context.Background(), "", in)
 		if d.Failure != FailureNone {
 			t.Fatalf("no decision for %q %q: %s", method, path, d.Reason)
 		}

@@ -71,6 +71,11 @@ func Policy(snap *mesh.Snapshot, jwks JWKSSource) (rego.Policy, []config.Diagnos
 	return rego.Policy{Modules: modules, Data: data, Revision: revision(modules, data)}, diags
 }
 
+// workloadQueryName names a workload's compiled decision in rego.Policy.Queries:
+// its namespace and labels as the context extensions carry them (neither contains a
+// newline).
+func workloadQueryName(namespace, labels string) string { return namespace + "\n" + labels }
+
 // UserModule places a RegoPolicy's module in the package of its own,
 // palisade.regopolicies[NS][NAME], and returns its file name and text.
 func UserModule(ns, name, text string) (file, module string, err error) {

@@ -87,7 +87,8 @@ func (s *Server) Register(g *grpc.Server) { authv3.RegisterAuthorizationServer(g
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	input := Input(req)
-	d, result, revision := s.Decide(ctx, input)
+	ext := req.GetAttributes().GetContextExtensions()
+	d, result, revision := s.Decide(ctx, workloadQueryName(ext[ExtensionWorkloadNamespace], ext[ExtensionWorkloadLabels]), input)
 	if l := s.cfg.DecisionLog; l != nil {
 		var addr string
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -98,10 +99,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return d.response(), nil
 }
 
-// Decide evaluates the policy in force for one input. It returns the decision, the
-// policy's raw result (nil when no policy decided) and the policy's revision.
-func (s *Server) Decide(ctx context.Context, input ast.Value) (Decision, any, string) {
-	d, result, revision := s.decide(ctx, input)
+// Decide evaluates the policy in force for one input, by the compiled decision of
+// the workload named by query (see workloadQueryName) when the policy has one, else
+// by the mesh library. It returns the decision, the policy's raw result (nil when no
+// policy decided) and the policy's revision.
+func (s *Server) Decide(ctx context.Context, query string, input ast.Value) (Decision, any, string) {
+	d, result, revision := s.decide(ctx, query, input)
 	s.outcomes[outcome{d.Allowed, d.Failure}].Inc()
 	if d.Failure != FailureNone {
 		s.cfg.Logger.Warn("request denied without a policy decision", "reason", d.Failure, "error", d.Reason)
@@ -109,12 +112,12 @@ func (s *Server) Decide(ctx context.Context, input ast.Value) (Decision, any, st
 	return d, result, revision
 }
 
-func (s *Server) decide(ctx context.Context, input ast.Value) (Decision, any, string) {
+func (s *Server) decide(ctx context.Context, query string, input ast.Value) (Decision, any, string) {
 	p := s.cfg.Policies.Current()
 	if p == nil {
 		return failed(FailureNoPolicy, "no policy is loaded"), nil, ""
 	}
-	result, err := p.Eval(ctx, input)
+	result, err := p.EvalNamed(ctx, query, input)
 	switch {
 	case errors.Is(err, rego.ErrUndefined):
 		return failed(FailureUndefined, "the decision is undefined"), nil, p.Policy.Revision

@@ -20,8 +20,12 @@ import (
 // Policy is everything a decision depends on: Rego modules by file name and the data
 // document. It is plain data, so the same Policy feeds the engine and the bundles.
 type Policy struct {
-	Modules  map[string]string
-	Data     map[string]any
+	Modules map[string]string
+	Data    map[string]any
+	// Queries are more decisions to prepare beside the engine's own, by name: the
+	// compiled decisions of single workloads, each equal to the engine's query for
+	// that workload's requests but cheaper to evaluate.
+	Queries  map[string]string
 	Revision string // names this version in decision logs and bundles
 }
 
@@ -58,10 +62,11 @@ func NewEngine(cfg EngineConfig) *Engine {
 	return e
 }
 
-// Prepared is one compiled policy with its prepared query. It is immutable.
+// Prepared is one compiled policy with its prepared queries. It is immutable.
 type Prepared struct {
 	Policy Policy
 	query  opa.PreparedEvalQuery
+	named  map[string]opa.PreparedEvalQuery
 	cache  cache.InterQueryValueCache
 }
 
@@ -101,18 +106,30 @@ func Prepare(ctx context.Context, query string, p Policy) (*Prepared, error) {
 		return nil, compiler.Errors
 	}
 	store := inmem.NewFromObjectWithOpts(p.Data, inmem.OptRoundTripOnWrite(false), inmem.OptReturnASTValuesOnRead(true))
-	r := opa.New(
-		opa.Query(query),
-		opa.Compiler(compiler),
-		opa.Store(store),
-		opa.StoreReadAST(true),
-		opa.StrictBuiltinErrors(false),
-	)
-	pq, err := r.PrepareForEval(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("preparing %s: %w", query, err)
+	prepare := func(query string) (opa.PreparedEvalQuery, error) {
+		pq, err := opa.New(
+			opa.Query(query),
+			opa.Compiler(compiler),
+			opa.Store(store),
+			opa.StoreReadAST(true),
+			opa.StrictBuiltinErrors(false),
+		).PrepareForEval(ctx)
+		if err != nil {
+			return pq, fmt.Errorf("preparing %s: %w", query, err)
+		}
+		return pq, nil
 	}
-	return &Prepared{Policy: p, query: pq}, nil
+	prep := &Prepared{Policy: p, named: make(map[string]opa.PreparedEvalQuery, len(p.Queries))}
+	var err error
+	if prep.query, err = prepare(query); err != nil {
+		return nil, err
+	}
+	for name, q := range p.Queries {
+		if prep.named[name], err = prepare(q); err != nil {
+			return nil, err
+		}
+	}
+	return prep, nil
 }
 
 // ErrUndefined is returned when the decision is undefined: callers deny.
@@ -121,11 +138,24 @@ var ErrUndefined = errors.New("decision is undefined")
 // Eval evaluates the decision for one input. It returns the decision as OPA's JSON
 // form (map[string]any, []any, string, json.Number, bool, nil).
 func (p *Prepared) Eval(ctx context.Context, input ast.Value) (any, error) {
+	return p.eval(ctx, p.query, input)
+}
+
+// EvalNamed evaluates the named query of Policy.Queries, or the engine's own query
+// when the policy has no query of that name.
+func (p *Prepared) EvalNamed(ctx context.Context, name string, input ast.Value) (any, error) {
+	if q, ok := p.named[name]; ok {
+		return p.eval(ctx, q, input)
+	}
+	return p.eval(ctx, p.query, input)
+}
+
+func (p *Prepared) eval(ctx context.Context, q opa.PreparedEvalQuery, input ast.Value) (any, error) {
 	opts := []opa.EvalOption{opa.EvalParsedInput(input)}
 	if p.cache != nil {
 		opts = append(opts, opa.EvalInterQueryBuiltinValueCache(p.cache))
 	}
-	rs, err := p.query.Eval(ctx, opts...)
+	rs, err := q.Eval(ctx, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -129,3 +129,27 @@ func TestEngineSwapIsAtomic(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestEngineNamedQueries(t *testing.T) {
+	ctx := context.Background()
+	p := policyVersion(1)
+	p.Modules["fast.rego"] = "package fast\n\nresult := {\"module\": \"fast\", \"data\": data.version}\n"
+	p.Queries = map[string]string{"w1": "data.fast.result"}
+	e := NewEngine(EngineConfig{Query: "data.t.result"})
+	if err := e.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"w1": "fast", "unknown": "1"} {
+		got, err := e.Current().EvalNamed(ctx, name, ast.NewObject())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := fmt.Sprint(got.(map[string]any)["module"]); m != want {
+			t.Errorf("query %q answered from module %s, want %s", name, m, want)
+		}
+	}
+	p.Queries["bad"] = "data.fast.result["
+	if err := e.Update(ctx, p); err == nil {
+		t.Error("a query that does not parse was accepted")
+	}
+}
