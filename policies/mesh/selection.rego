@@ -20,13 +20,24 @@ package palisade.mesh.selection
 # root is the mesh's root namespace (Istio's meshConfig.rootNamespace).
 root := data.palisade.config.root_namespace
 
-# namespace is the namespace of the workload being called.
+# namespace is the namespace of the workload being called: Palisade's ext_authz
+# servers put it in input.palisade.workload; a stock OPA-Envoy enforcing Palisade's
+# bundle has only the context extensions the xDS configuration sets.
 namespace := input.palisade.workload.namespace
+
+namespace := input.attributes.contextExtensions["palisade.workload.namespace"] if not input.palisade
 
 # labels are the called workload's labels ({} when the input has none).
 default labels := {}
 
 labels := input.palisade.workload.labels if is_object(input.palisade.workload.labels)
+
+# Without input.palisade, the labels of the context extension "k1=v1,k2=v2".
+labels := {k: v |
+	some pair in split(input.attributes.contextExtensions["palisade.workload.labels"], ",")
+	[k, v] := split(pair, "=")
+	k != ""
+} if not input.palisade
 
 # namespaces are the namespaces whose policies can apply. A set, so that a workload
 # of the root namespace does not see the root namespace's policies twice.

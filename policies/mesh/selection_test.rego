@@ -128,3 +128,26 @@ test_kinds_are_separate if {
 	selection.request_authentications == [bare("istio-system", "ra")] with input as inp with data.palisade.config as cfg
 	count(selection.rego_policies) == 0 with input as inp with data.palisade.config as cfg
 }
+
+# encode gives a workload's labels as the context extension carries them.
+encode(labels) := concat(",", [concat("=", [k, labels[k]]) | some k in sort(object.keys(labels))])
+
+# A stock OPA-Envoy has no input.palisade: the same cases, from the context
+# extensions.
+test_selection_from_context_extensions if {
+	every c in cases {
+		ext := {"palisade.workload.namespace": c.workload.namespace, "palisade.workload.labels": encode(object.get(c.workload, "labels", {}))}
+		inp := {"attributes": {"contextExtensions": ext}}
+		ap := ids(selection.authorization_policies) with input as inp with data.palisade.config as config
+		print_mismatch(c, ap)
+		ap == c.want
+	}
+}
+
+test_input_palisade_wins_over_context_extensions if {
+	inp := {
+		"palisade": {"workload": {"namespace": "other"}},
+		"attributes": {"contextExtensions": {"palisade.workload.namespace": "default"}},
+	}
+	selection.namespace == "other" with input as inp
+}

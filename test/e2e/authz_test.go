@@ -7,8 +7,10 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/palisade-mesh/palisade/authz"
+	"github.com/palisade-mesh/palisade/test/syncbuf"
 )
 
 // authzServices are the workloads the authorization scenarios call.
@@ -486,4 +489,94 @@ spec:
   rules: [{to: [{operation: {paths: [/reviews/1]}}]}]
 `)
 	waitPolicy(t, c, get, code.Code_PERMISSION_DENIED)
+}
+
+// TestStockOPAEnforcesPalisadeBundle: a stock OPA, configured with palisaded's
+// bundle service and signing key, decides OPA-Envoy inputs (no input.palisade, the
+// workload only in the context extensions) as palisaded's own endpoint does.
+func TestStockOPAEnforcesPalisadeBundle(t *testing.T) {
+	opaBin := filepath.Join(moduleRoot, ".cache", "bin", "opa")
+	if _, err := os.Stat(opaBin); err != nil {
+		t.Fatalf("the opa CLI is missing (%v): run ./scripts/opa.sh (make test does)", err)
+	}
+	issuer := newJWTIssuer(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "services.yaml", authzServices)
+	writeFile(t, dir, "policies.yaml", fmt.Sprintf(authzPolicies, issuer.jwks))
+	d := startPalisaded(t, dir)
+	key, err := os.ReadFile(filepath.Join(d.DataDir, "policy", "bundle-signing-key.pub.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"services": map[string]any{"palisade": map[string]any{"url": "http://" + d.BundleAddr}},
+		"bundles": map[string]any{"palisade": map[string]any{"service": "palisade", "resource": "bundles/palisade",
+			"signing": map[string]any{"keyid": "palisade"}, "polling": map[string]any{"min_delay_seconds": 1, "max_delay_seconds": 2}}},
+		"keys": map[string]any{"palisade": map[string]any{"algorithm": "ES256", "key": string(key)}},
+	})
+	cfgFile := filepath.Join(t.TempDir(), "opa.json")
+	if err := os.WriteFile(cfgFile, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	out := &syncbuf.Buffer{}
+	cmd := exec.Command(opaBin, "run", "--server", "--skip-version-check", "--addr", addr, "--config-file", cfgFile)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("--- opa output ---\n%s", out.String())
+		}
+	})
+	decide := func(req *authv3.CheckRequest) (bool, error) {
+		in, err := authz.InputViaJSON(req)
+		if err != nil {
+			return false, err
+		}
+		body, _ := json.Marshal(map[string]any{"input": in})
+		resp, err := http.Post("http://"+addr+"/v1/data/palisade/mesh/decision", "application/json", strings.NewReader(string(body)))
+		if err != nil {
+			return false, err
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Result *struct{ Allowed bool }
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Result == nil {
+			return false, fmt.Errorf("no decision (status %s, %v)", resp.Status, err)
+		}
+		return r.Result.Allowed, nil
+	}
+	allowedReq := checkRequest(productpage, "reviews", "GET", "/reviews/1", nil)
+	if err := poll(20*time.Second, func() bool { ok, err := decide(allowedReq); return err == nil && ok }); err != nil {
+		t.Fatalf("stock OPA never allowed what palisaded allows: %v", err)
+	}
+	c := authzClient(t, d.AuthzAddr)
+	for _, req := range []*authv3.CheckRequest{
+		allowedReq,
+		checkRequest(productpage, "reviews", "GET", "/admin/x", nil),
+		checkRequest(sleepSA, "reviews", "GET", "/reviews/1", nil),
+		checkRequest(productpage, "reviews", "GET", "/reviews/1", map[string]string{"x-evil": "true"}),
+		checkRequest(sleepSA, "ratings", "GET", "/ratings/1", map[string]string{"authorization": "Bearer " + issuer.token(t, "ratings", []string{"raters"}, time.Hour)}),
+		checkRequest(sleepSA, "ratings", "GET", "/ratings/1", map[string]string{"authorization": "Bearer " + issuer.token(t, "other", []string{"raters"}, time.Hour)}),
+		checkRequest(sleepSA, "details", "GET", "/custom/x", map[string]string{"x-ok": "yes"}),
+		checkRequest(sleepSA, "details", "GET", "/forbidden", nil),
+	} {
+		got, err := decide(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Check(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := resp.GetOkResponse() != nil; got != want {
+			h := req.Attributes.Request.Http
+			t.Errorf("%s %s from %q: stock OPA allowed=%v, palisaded allowed=%v", h.Method, h.Path, req.Attributes.Source.Principal, got, want)
+		}
+	}
 }
