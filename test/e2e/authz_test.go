@@ -58,6 +58,16 @@ spec:
   ports: [{number: 9080, name: http, protocol: HTTP}]
   resolution: STATIC
   endpoints: [{address: 10.0.0.11, labels: {app: details}, serviceAccount: details}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: orders, namespace: default}
+spec:
+  hosts: [orders.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.12, labels: {app: orders}, serviceAccount: orders}]
 `
 
 // authzPolicies are Istio's documented scenarios (istio.io/latest/docs/tasks/security/authorization):
@@ -149,6 +159,24 @@ spec:
     default allow := false
 
     allow if input.parsed_path[0] != "forbidden"
+---
+apiVersion: policy.palisade.dev/v1alpha1
+kind: RegoPolicy
+metadata: {name: order-limit, namespace: default}
+spec:
+  selector: {matchLabels: {app: orders}}
+  rego: |
+    # Reads the request body, which Envoy sends when with_request_body is set.
+    package envoy.authz
+
+    default allow := false
+
+    allow if input.attributes.request.http.method == "GET"
+
+    allow if {
+    	input.attributes.request.http.method == "POST"
+    	input.parsed_body.amount < 100
+    }
 `
 
 // jwtIssuer signs ES256 tokens whose JWKS the RequestAuthentication carries.
@@ -206,6 +234,15 @@ func checkRequest(from, app, method, path string, headers map[string]string) *au
 		}},
 		ContextExtensions: map[string]string{authz.ExtensionWorkloadNamespace: "default", authz.ExtensionWorkloadLabels: "app=" + app},
 	}}
+}
+
+// withBody adds a JSON body, as Envoy sends it with with_request_body.
+func withBody(req *authv3.CheckRequest, body string) *authv3.CheckRequest {
+	h := req.Attributes.Request.Http
+	h.Body, h.Size = body, int64(len(body))
+	h.Headers["content-type"] = "application/json"
+	h.Headers["content-length"] = fmt.Sprint(len(body))
+	return req
 }
 
 func authzClient(t *testing.T, addr string) authv3.AuthorizationClient {
@@ -279,6 +316,9 @@ func TestAuthzIstioScenarios(t *testing.T) {
 		{"odd path: encoded dot segments", checkRequest(productpage, "reviews", "GET", "/reviews/%2e%2e/admin", nil), code.Code_OK, 0, ""},
 		{"odd path: bad escape", checkRequest(productpage, "reviews", "GET", "/reviews/%zz", nil), code.Code_OK, 0, ""},
 		{"odd path: dot segments into a denied path", checkRequest(productpage, "reviews", "GET", "/admin/../admin/x", nil), code.Code_PERMISSION_DENIED, 403, "deny-admin"},
+		{"body: a small order", withBody(checkRequest(sleepSA, "orders", "POST", "/orders", nil), `{"item":"book","amount":20}`), code.Code_OK, 0, "order-limit"},
+		{"body: a large order", withBody(checkRequest(sleepSA, "orders", "POST", "/orders", nil), `{"item":"car","amount":20000}`), code.Code_PERMISSION_DENIED, 403, "order-limit"},
+		{"body: not JSON", withBody(checkRequest(sleepSA, "orders", "POST", "/orders", nil), `{"amount":`), code.Code_PERMISSION_DENIED, 403, "order-limit"},
 		{"huge header", checkRequest(productpage, "reviews", "GET", "/reviews/1", map[string]string{"x-big": strings.Repeat("a", 1<<20)}), code.Code_OK, 0, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
