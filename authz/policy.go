@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/format"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -75,6 +76,14 @@ func Policy(snap *mesh.Snapshot, jwks JWKSSource) (rego.Policy, []config.Diagnos
 // its namespace and labels as the context extensions carry them (neither contains a
 // newline).
 func workloadQueryName(namespace, labels string) string { return namespace + "\n" + labels }
+
+// WorkloadQuery names the query that decides req: the compiled decision of the
+// workload its context extensions name (rego.Prepared.EvalNamed falls back to the
+// mesh library's decision when there is none).
+func WorkloadQuery(req *authv3.CheckRequest) string {
+	ext := req.GetAttributes().GetContextExtensions()
+	return workloadQueryName(ext[ExtensionWorkloadNamespace], ext[ExtensionWorkloadLabels])
+}
 
 // UserModule places a RegoPolicy's module in the package of its own,
 // palisade.regopolicies[NS][NAME], and returns its file name and text.

@@ -87,8 +87,7 @@ func (s *Server) Register(g *grpc.Server) { authv3.RegisterAuthorizationServer(g
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	input := Input(req)
-	ext := req.GetAttributes().GetContextExtensions()
-	d, result, revision := s.Decide(ctx, workloadQueryName(ext[ExtensionWorkloadNamespace], ext[ExtensionWorkloadLabels]), input)
+	d, result, revision := s.Decide(ctx, WorkloadQuery(req), input)
 	if l := s.cfg.DecisionLog; l != nil {
 		var addr string
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {

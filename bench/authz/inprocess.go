@@ -55,7 +55,7 @@ func runInProcess(testdata string, decisions int, budget time.Duration) error {
 		pal := func(req *authv3.CheckRequest) (time.Duration, any, error) {
 			input := authz.Input(req)
 			t := time.Now()
-			v, err := engine.Current().Eval(context.Background(), input)
+			v, err := engine.Current().EvalNamed(context.Background(), authz.WorkloadQuery(req), input)
 			return time.Since(t), v, err
 		}
 		q, err := prepareStraightforward(context.Background(), snapPolicy.Modules, snapPolicy.Data)
