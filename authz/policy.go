@@ -63,13 +63,63 @@ func Policy(snap *mesh.Snapshot, jwks JWKSSource) (rego.Policy, []config.Diagnos
 		}
 		regoPolicies[p.Key.Namespace] = append(regoPolicies[p.Key.Namespace], entry(p.Key, spec))
 	}
+	queries := map[string]string{}
+	if len(snap.AuthorizationPolicies)+len(snap.RequestAuthentications)+len(snap.RegoPolicies) > 0 {
+		compiled, byWorkload := Compile(snap, compiledWorkloads(snap))
+		maps.Copy(modules, compiled)
+		for k, q := range byWorkload {
+			queries[workloadQueryName(k.Namespace, k.Labels)] = q
+		}
+	}
 	data := map[string]any{"palisade": map[string]any{"config": map[string]any{
 		"root_namespace":          mesh.RootNamespace,
 		"authorization_policies":  byNamespace(authzPolicies),
 		"request_authentications": byNamespace(requestAuthns),
 		"rego_policies":           byNamespace(regoPolicies),
 	}}}
-	return rego.Policy{Modules: modules, Data: data, Revision: revision(modules, data)}, diags
+	return rego.Policy{Modules: modules, Data: data, Queries: queries, Revision: revision(modules, data)}, diags
+}
+
+// MaxCompiledWorkloads bounds the workloads whose decisions are compiled: preparing
+// a compiled decision costs milliseconds, so a huge mesh compiles the first ones
+// (in Workloads order) and the others are decided by the mesh library, equally but
+// more slowly.
+const MaxCompiledWorkloads = 256
+
+// compiledWorkloads are the snapshot's workloads that at least one policy applies
+// to (the others need no compiled decision: the library's is as cheap), at most
+// MaxCompiledWorkloads.
+func compiledWorkloads(snap *mesh.Snapshot) []WorkloadKey {
+	var out []WorkloadKey
+	for _, k := range Workloads(snap) {
+		if len(out) == MaxCompiledWorkloads {
+			break
+		}
+		if anyApplies(snap, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func anyApplies(snap *mesh.Snapshot, k WorkloadKey) bool {
+	labels := decodeLabels(k.Labels)
+	for _, p := range snap.AuthorizationPolicies {
+		if p.AppliesTo(k.Namespace, labels) {
+			return true
+		}
+	}
+	for _, p := range snap.RequestAuthentications {
+		if p.AppliesTo(k.Namespace, labels) {
+			return true
+		}
+	}
+	for _, p := range snap.RegoPolicies {
+		if p.AppliesTo(k.Namespace, labels) {
+			return true
+		}
+	}
+	return false
 }
 
 // workloadQueryName names a workload's compiled decision in rego.Policy.Queries:
