@@ -121,6 +121,18 @@ spec:
 	for i := range n - nSelecting {
 		writeOther(&b, i)
 	}
+	// The workload under test, so that its decision is compiled.
+	b.WriteString(`---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9, labels: {app: reviews, version: v1}, serviceAccount: reviews}]
+`)
 	data := []byte(b.String())
 	objs, diags := config.Decode("policies.yaml", data)
 	for _, d := range diags {
