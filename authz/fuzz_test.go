@@ -16,7 +16,7 @@ func FuzzInput(f *testing.F) {
 	f.Add("POST", "//evil/%2e%2e/..;/x#frag", "application/json; charset=utf-8", `{"a":`, "content-length", "99", "")
 	f.Add("", "", "", "", "", "", "=,,=")
 	f.Add("GET", "/%", "text/plain", "\xff\xfe", "x-\xff", "\x00", "a=\xff")
-	policy := engineFor(f, `package palisade.mesh
+	policy := engineWith(f, `package palisade.mesh
 
 decision := {"allowed": allowed, "n": count(input.parsed_path) + count(input.parsed_query)} if {
 	allowed := object.get(input.attributes.request.http, "method", "") == "GET"
@@ -47,17 +47,4 @@ decision := {"allowed": allowed, "n": count(input.parsed_path) + count(input.par
 			t.Fatalf("the decision log's encoding is not JSON: %s", line)
 		}
 	})
-}
-
-// engineFor is engineWith for benchmarks and fuzz targets too.
-func engineFor(tb testing.TB, module string) Policies {
-	tb.Helper()
-	if t, ok := tb.(*testing.T); ok {
-		return engineWith(t, module)
-	}
-	e := newEngine()
-	if err := e.Update(context.Background(), policyOf(module)); err != nil {
-		tb.Fatal(err)
-	}
-	return e
 }

@@ -20,6 +20,12 @@ import (
 // DecisionQuery is the rule every Palisade decision evaluates.
 const DecisionQuery = "data.palisade.mesh.decision"
 
+// NewEngine returns the engine a Palisade ext_authz server decides with: the
+// decision query, and OPA's cache of verified JWTs (10,000 tokens).
+func NewEngine() *rego.Engine {
+	return rego.NewEngine(rego.EngineConfig{Query: DecisionQuery, JWTCacheEntries: 10000})
+}
+
 // Policies gives the policy in force; nil means none has loaded yet.
 type Policies interface {
 	Current() *rego.Prepared

@@ -17,9 +17,9 @@ import (
 
 // engineWith returns an engine whose decision is data.palisade.mesh.decision of the
 // given module.
-func engineWith(t *testing.T, module string) *rego.Engine {
+func engineWith(t testing.TB, module string) *rego.Engine {
 	t.Helper()
-	e := newEngine()
+	e := NewEngine()
 	if module != "" {
 		if err := e.Update(context.Background(), policyOf(module)); err != nil {
 			t.Fatal(err)
@@ -27,8 +27,6 @@ func engineWith(t *testing.T, module string) *rego.Engine {
 	}
 	return e
 }
-
-func newEngine() *rego.Engine { return rego.NewEngine(rego.EngineConfig{Query: DecisionQuery}) }
 
 func policyOf(module string) rego.Policy {
 	return rego.Policy{Modules: map[string]string{"d.rego": module}, Revision: "r1"}

@@ -48,7 +48,7 @@ func runInProcess(testdata string, decisions int, budget time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		engine := rego.NewEngine(rego.EngineConfig{Query: authz.DecisionQuery, JWTCacheEntries: 10000})
+		engine := authz.NewEngine()
 		if err := engine.Update(context.Background(), snapPolicy); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}

@@ -44,7 +44,7 @@ func newLocalAuthz(o authzOptions, log *slog.Logger, reg prometheus.Registerer) 
 	if err != nil {
 		return nil, fmt.Errorf("--policy-bundle-key %s: %w", o.bundleKey, err)
 	}
-	engine := rego.NewEngine(rego.EngineConfig{Query: authz.DecisionQuery, JWTCacheEntries: 10000})
+	engine := authz.NewEngine()
 	l := &localAuthz{log: log}
 	l.client, err = rego.NewBundleClient(rego.BundleClientConfig{
 		URL:             o.bundleURL,

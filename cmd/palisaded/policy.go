@@ -65,7 +65,7 @@ type policyService struct {
 
 func newPolicyService(o policyOptions, dataDir string, log *slog.Logger, reg prometheus.Registerer) (_ *policyService, err error) {
 	s := &policyService{
-		engine:  rego.NewEngine(rego.EngineConfig{Query: authz.DecisionQuery, JWTCacheEntries: 10000}),
+		engine:  authz.NewEngine(),
 		bundles: rego.NewBundleServer(),
 		log:     log,
 		updateErrors: prometheus.NewCounter(prometheus.CounterOpts{
