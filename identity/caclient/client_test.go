@@ -63,6 +63,12 @@ type fixture struct {
 // startCA runs a real CA API server on loopback.
 func startCA(t *testing.T) *fixture {
 	t.Helper()
+	return startCAWith(t, nil)
+}
+
+// startCAWith is startCA with a redeemer of service-account tokens.
+func startCAWith(t *testing.T, serviceAccountTokens caserver.TokenRedeemer) *fixture {
+	t.Helper()
 	clk := &clock{}
 	dir := t.TempDir()
 	ca, err := identity.NewCA(identity.CAConfig{TrustDomain: td, DataDir: dir, Now: clk.Now})
@@ -73,7 +79,7 @@ func startCA(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := caserver.New(caserver.Config{Address: "127.0.0.1:0", CA: ca, Tokens: tokens, Now: clk.Now})
+	srv, err := caserver.New(caserver.Config{Address: "127.0.0.1:0", CA: ca, Tokens: tokens, ServiceAccountTokens: serviceAccountTokens, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/palisade-mesh/palisade/identity/identitypb"
+	"github.com/palisade-mesh/palisade/identity/kubetoken"
 )
 
 // Authority is what the server needs from the CA.
@@ -52,6 +53,9 @@ type Config struct {
 	Address string
 	CA      Authority
 	Tokens  TokenRedeemer
+	// ServiceAccountTokens, if set, redeems Kubernetes service-account tokens (JWTs,
+	// told apart from bootstrap tokens by their shape), reviewed by the API server.
+	ServiceAccountTokens TokenRedeemer
 	// DNSNames go into palisaded's serving certificate besides its SPIFFE ID, for
 	// clients that check a host name.
 	DNSNames   []string
@@ -177,6 +181,9 @@ func (s *Server) authenticate(ctx context.Context, tokenAllowed bool) (spiffeid.
 		if !ok {
 			return spiffeid.ID{}, fmt.Errorf("%w: authorization metadata must be \"Bearer TOKEN\"", errUnauthenticated)
 		}
+		if s.cfg.ServiceAccountTokens != nil && kubetoken.IsServiceAccountToken(token) {
+			return s.cfg.ServiceAccountTokens.Redeem(token)
+		}
 		return s.cfg.Tokens.Redeem(token)
 	}
 	p, ok := peer.FromContext(ctx)
@@ -187,7 +194,7 @@ func (s *Server) authenticate(ctx context.Context, tokenAllowed bool) (spiffeid.
 		}
 	}
 	if len(certs) == 0 {
-		return spiffeid.ID{}, fmt.Errorf("%w: present a bootstrap token or an X.509-SVID client certificate", errUnauthenticated)
+		return spiffeid.ID{}, fmt.Errorf("%w: present a bootstrap token, a service-account token or an X.509-SVID client certificate", errUnauthenticated)
 	}
 	return s.verifyPeer(certs)
 }

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/palisade-mesh/palisade/identity"
+	"github.com/palisade-mesh/palisade/identity/kubetoken"
 )
 
 // errUnauthenticated marks a caller that presented neither a valid token nor a
@@ -36,7 +37,8 @@ func toStatus(err error) error {
 	case errors.Is(err, errUnauthenticated),
 		errors.Is(err, identity.ErrTokenUnknown),
 		errors.Is(err, identity.ErrTokenUsed),
-		errors.Is(err, identity.ErrTokenExpired):
+		errors.Is(err, identity.ErrTokenExpired),
+		errors.Is(err, kubetoken.ErrRejected):
 		code = codes.Unauthenticated
 	case errors.Is(err, errInvalidRequest), errors.Is(err, identity.ErrInvalidTTL):
 		code = codes.InvalidArgument

@@ -169,3 +169,10 @@ func (c *Cluster) ApplyCRDs(t testing.TB) {
 		t.Fatalf("waiting for the CRDs: %v\n%s", err, out)
 	}
 }
+
+// ServiceAccountSigningKey is the PEM private key the API server signs
+// service-account tokens with: tests forge tokens with it (an expired one, say) to
+// check that the API server, not the test, refuses them.
+func (c *Cluster) ServiceAccountSigningKey() ([]byte, error) {
+	return os.ReadFile(filepath.Join(c.env.ControlPlane.GetAPIServer().CertDir, "sa-signer.key"))
+}
