@@ -71,9 +71,9 @@ func TestReviewerAgainstAPIServer(t *testing.T) {
 	}
 	expired := forge(t, c, reviews, -2*time.Hour)
 	for name, tok := range map[string]string{
-		"other audience":  token("reviews", "vault"),
-		"expired":         expired,
-		"tampered":        reviews[:len(reviews)-4] + "AAAA",
+		"other audience":   token("reviews", "vault"),
+		"expired":          expired,
+		"tampered":         reviews[:len(reviews)-4] + "AAAA",
 		"not a JWT at all": "a.b.c",
 	} {
 		if id, err := r.Redeem(tok); !errors.Is(err, kubetoken.ErrRejected) {
