@@ -115,9 +115,14 @@ func LoadFederatedBundle(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bu
 // WriteRoots writes the X.509 roots of Bundle() to path as PEM, atomically and
 // readable by all: agents start from it to trust palisaded.
 func (c *CA) WriteRoots(path string) error {
+	return writeFileAtomic(path, c.RootsPEM(), true)
+}
+
+// RootsPEM returns the trust domain's X.509 roots in PEM, as root-cert.pem holds them.
+func (c *CA) RootsPEM() []byte {
 	var buf []byte
 	for _, root := range c.Bundle().X509Authorities() {
 		buf = append(buf, encodeCertPEM(root)...)
 	}
-	return writeFileAtomic(path, buf, true)
+	return buf
 }
