@@ -19,7 +19,9 @@ import (
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
 func openCA(dataDir string) func() (*identity.CA, error) {
-	return func() (*identity.CA, error) { return identity.NewCA(identity.CAConfig{TrustDomain: td, DataDir: dataDir}) }
+	return func() (*identity.CA, error) {
+		return identity.NewCA(identity.CAConfig{TrustDomain: td, DataDir: dataDir})
+	}
 }
 
 // TestShare: replicas starting at once end up with one CA, stored in the Secret, and a

@@ -141,4 +141,3 @@ func publish(ctx context.Context, client kubernetes.Interface, cms configMapGett
 	_, err = client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
 	return err
 }
-
