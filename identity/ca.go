@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -201,23 +202,34 @@ func (c *CA) SignX509SVID(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*
 	if err != nil {
 		return nil, err
 	}
-	return c.sign(csr.PublicKey, id, nil, ttl)
+	return c.sign(csr.PublicKey, id, nil, nil, ttl)
 }
 
-// SignServerCert is SignX509SVID for a key the caller holds, with DNS SANs added.
-// It is for palisaded's own serving certificate only: DNS names must never come from
-// a workload's request. The key must be ECDSA P-256.
-func (c *CA) SignServerCert(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ttl time.Duration) ([]*x509.Certificate, error) {
+// SignServerCert is SignX509SVID for a key the caller holds, with DNS SANs added
+// (IP SANs for names that are IP addresses, for a server reached by address, such as
+// a webhook registered with url https://127.0.0.1:PORT). It is for palisaded's own
+// serving certificate only: names must never come from a workload's request. The
+// key must be ECDSA P-256.
+func (c *CA) SignServerCert(pub crypto.PublicKey, id spiffeid.ID, names []string, ttl time.Duration) ([]*x509.Certificate, error) {
 	if err := checkPublicKey(pub); err != nil {
 		return nil, err
 	}
-	if slices.Contains(dnsNames, "") {
-		return nil, errors.New("empty DNS name")
+	var dnsNames []string
+	var ips []net.IP
+	for _, name := range names {
+		if name == "" {
+			return nil, errors.New("empty DNS name")
+		}
+		if ip := net.ParseIP(name); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dnsNames = append(dnsNames, name)
+		}
 	}
-	return c.sign(pub, id, slices.Clone(dnsNames), ttl)
+	return c.sign(pub, id, dnsNames, ips, ttl)
 }
 
-func (c *CA) sign(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ttl time.Duration) ([]*x509.Certificate, error) {
+func (c *CA) sign(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ips []net.IP, ttl time.Duration) ([]*x509.Certificate, error) {
 	if !id.MemberOf(c.td) {
 		return nil, fmt.Errorf("%w: %s is not in trust domain %s", ErrIdentityMismatch, id, c.td)
 	}
@@ -236,12 +248,13 @@ func (c *CA) sign(pub crypto.PublicKey, id spiffeid.ID, dnsNames []string, ttl t
 		return nil, err
 	}
 	der, err := s.issue(leafRequest{
-		serial:    serial,
-		notBefore: now.Add(-clockSkew),
-		notAfter:  notAfter,
-		pub:       pub,
-		uri:       id.URL(),
-		dnsNames:  dnsNames,
+		serial:      serial,
+		notBefore:   now.Add(-clockSkew),
+		notAfter:    notAfter,
+		pub:         pub,
+		uri:         id.URL(),
+		dnsNames:    dnsNames,
+		ipAddresses: ips,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)

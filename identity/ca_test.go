@@ -286,6 +286,14 @@ func TestSignServerCert(t *testing.T) {
 	if _, _, err := x509svid.Verify(chain, ca.Bundle(), x509svid.WithTime(clock.Now())); err != nil {
 		t.Errorf("Verify: %v", err)
 	}
+	// Names that are addresses become IP SANs, for a server reached by address.
+	chain, err = ca.SignServerCert(&key.PublicKey, serverID, []string{"localhost", "127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf := chain[0]; !slices.Equal(leaf.DNSNames, []string{"localhost"}) || leaf.VerifyHostname("127.0.0.1") != nil || leaf.VerifyHostname("127.0.0.2") == nil {
+		t.Errorf("DNS SANs %v, IP SANs %v; want localhost and 127.0.0.1 only", leaf.DNSNames, leaf.IPAddresses)
+	}
 
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

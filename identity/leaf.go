@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"slices"
 	"time"
@@ -34,6 +35,7 @@ type leafRequest struct {
 	pub                 crypto.PublicKey
 	uri                 *url.URL
 	dnsNames            []string
+	ipAddresses         []net.IP // palisaded's own certificate, reached by address
 }
 
 // template is the x509.CreateCertificate template of the leaf.
@@ -43,6 +45,7 @@ func (r leafRequest) template() *x509.Certificate {
 		Subject:               leafSubjectName,
 		URIs:                  []*url.URL{r.uri},
 		DNSNames:              r.dnsNames,
+		IPAddresses:           r.ipAddresses,
 		NotBefore:             r.notBefore,
 		NotAfter:              r.notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
@@ -150,6 +153,7 @@ const (
 	tagExtensions      = 0xa3 // [3] EXPLICIT, in TBSCertificate
 	tagDNSName         = 0x82 // [2] IMPLICIT IA5String, in GeneralName
 	tagURI             = 0x86 // [6] IMPLICIT IA5String, in GeneralName
+	tagIPAddress       = 0x87 // [7] IMPLICIT OCTET STRING, in GeneralName
 )
 
 var (
@@ -177,7 +181,7 @@ func (p *leafProfile) certificate(key crypto.Signer, r leafRequest) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	san, err := derSAN(r.dnsNames, r.uri)
+	san, err := derSAN(r.dnsNames, r.ipAddresses, r.uri)
 	if err != nil {
 		return nil, err
 	}
@@ -248,8 +252,8 @@ func derTime(t time.Time) ([]byte, error) {
 }
 
 // derSAN encodes a subjectAltName value as CreateCertificate does: DNS names
-// first, then the URI, all IA5Strings.
-func derSAN(dnsNames []string, uri *url.URL) ([]byte, error) {
+// first, then IP addresses, then the URI; names are IA5Strings.
+func derSAN(dnsNames []string, ips []net.IP, uri *url.URL) ([]byte, error) {
 	var names [][]byte
 	add := func(tag byte, s string) error {
 		for _, c := range s {
@@ -264,6 +268,12 @@ func derSAN(dnsNames []string, uri *url.URL) ([]byte, error) {
 		if err := add(tagDNSName, name); err != nil {
 			return nil, err
 		}
+	}
+	for _, ip := range ips {
+		if ip4 := ip.To4(); ip4 != nil {
+			ip = ip4
+		}
+		names = append(names, appendDER(nil, tagIPAddress, ip))
 	}
 	if err := add(tagURI, uri.String()); err != nil {
 		return nil, err

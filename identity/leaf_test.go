@@ -13,6 +13,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"math/big"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -59,7 +60,14 @@ func TestLeafProfileMatchesCreateCertificate(t *testing.T) {
 		{"after 2050", time.Date(2051, 3, 4, 5, 6, 7, 0, time.UTC),
 			time.Date(2051, 3, 5, 5, 6, 7, 0, time.UTC), [2]int{asn1.TagGeneralizedTime, asn1.TagGeneralizedTime}},
 	}
-	dnsNames := [][]string{nil, {"palisaded.palisade-system.svc", "localhost"}}
+	sans := []struct {
+		dns []string
+		ips []net.IP
+	}{
+		{},
+		{dns: []string{"palisaded.palisade-system.svc", "localhost"}},
+		{dns: []string{"localhost"}, ips: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}},
+	}
 	// Serials whose DER needs no padding, a leading zero byte (top bit set), and
 	// the largest randomSerial makes; subtests take turns.
 	serials := []*big.Int{big.NewInt(1), new(big.Int).Lsh(big.NewInt(1), 127), serialLimit}
@@ -79,18 +87,19 @@ func TestLeafProfileMatchesCreateCertificate(t *testing.T) {
 				t.Fatalf("%s: no leaf profile for a %s CA", issuerName, ck.name)
 			}
 			for _, v := range validities {
-				for _, dns := range dnsNames {
-					name := fmt.Sprintf("%s/%s/%s/%d DNS names", ck.name, issuerName, v.name, len(dns))
+				for _, san := range sans {
+					name := fmt.Sprintf("%s/%s/%s/%d DNS names %d IPs", ck.name, issuerName, v.name, len(san.dns), len(san.ips))
 					serial := serials[subtests%len(serials)]
 					subtests++
 					t.Run(name, func(t *testing.T) {
 						req := leafRequest{
-							serial:    serial,
-							notBefore: v.nb,
-							notAfter:  v.na,
-							pub:       newP256(t).Public(),
-							uri:       testID.URL(),
-							dnsNames:  dns,
+							serial:      serial,
+							notBefore:   v.nb,
+							notAfter:    v.na,
+							pub:         newP256(t).Public(),
+							uri:         testID.URL(),
+							dnsNames:    san.dns,
+							ipAddresses: san.ips,
 						}
 						wantDER, err := x509.CreateCertificate(rand.Reader, req.template(), caCert, req.pub, ck.key)
 						if err != nil {
@@ -134,10 +143,15 @@ func TestLeafProfileMatchesCreateCertificate(t *testing.T) {
 						if tags := validityTags(t, got.RawTBSCertificate); tags != v.wantTags {
 							t.Errorf("validity time tags = %v, want %v (UTCTime is %d, GeneralizedTime %d)", tags, v.wantTags, asn1.TagUTCTime, asn1.TagGeneralizedTime)
 						}
-						if !slices.Equal(got.DNSNames, dns) {
-							t.Errorf("DNSNames = %q, want %q", got.DNSNames, dns)
+						if !slices.Equal(got.DNSNames, san.dns) {
+							t.Errorf("DNSNames = %q, want %q", got.DNSNames, san.dns)
 						}
-						checkSVIDLeaf(t, got, testID)
+						if !slices.EqualFunc(got.IPAddresses, san.ips, net.IP.Equal) {
+							t.Errorf("IPAddresses = %v, want %v", got.IPAddresses, san.ips)
+						}
+						if len(san.ips) == 0 { // IPs are only for palisaded's own certificate
+							checkSVIDLeaf(t, got, testID)
+						}
 						if err := got.CheckSignatureFrom(caCert); err != nil {
 							t.Errorf("CheckSignatureFrom(CA): %v", err)
 						}

@@ -33,10 +33,6 @@ func newServingCert(ca Authority, dnsNames []string, now func() time.Time) (*ser
 	return c, nil
 }
 
-func (c *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return c.current.Load(), nil
-}
-
 func (c *servingCert) renew() error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

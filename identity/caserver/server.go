@@ -124,6 +124,13 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger, cert: cert, metrics: newMetrics(cfg.Registerer)}, nil
 }
 
+// ServingCertificate returns palisaded's current serving certificate (its SPIFFE ID
+// and DNSNames, signed by its CA and renewed by Serve), for palisaded's other TLS
+// servers: the admission webhooks present it too.
+func (s *Server) ServingCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.cert.current.Load(), nil
+}
+
 // TLSConfig is the server side of every palisaded TLS endpoint: the current serving
 // certificate, and a client certificate requested but checked per call, so that a
 // token caller (no certificate) and a renewing caller share the port and an expired
@@ -131,7 +138,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: s.cert.get,
+		GetCertificate: s.ServingCertificate,
 		ClientAuth:     tls.RequestClientCert,
 	}
 }
