@@ -34,6 +34,11 @@ type identityOptions struct {
 	caTTL          time.Duration
 	federatedFiles multiFlag
 	dnsNames       multiFlag
+	// kube, with --source kubernetes, shares the CA among replicas through a
+	// Secret of kubeNamespace and accepts service-account tokens for tokenAudience.
+	kube          *kubeClients
+	kubeNamespace string
+	tokenAudience string
 }
 
 // multiFlag is a repeatable string flag.
@@ -86,16 +91,30 @@ func newIdentityService(o identityOptions, log *slog.Logger, reg prometheus.Regi
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir: %w", err)
 	}
-	ca, err := identity.NewCA(identity.CAConfig{
-		TrustDomain:    td,
-		DataDir:        o.dataDir,
-		PluggedCertDir: o.caCertDir,
-		CATTL:          o.caTTL,
-		DefaultSVIDTTL: o.svidTTL,
-		MaxSVIDTTL:     o.maxSVIDTTL,
-		Federated:      federated,
-		Logger:         log,
-	})
+	openCA := func() (*identity.CA, error) {
+		return identity.NewCA(identity.CAConfig{
+			TrustDomain:    td,
+			DataDir:        o.dataDir,
+			PluggedCertDir: o.caCertDir,
+			CATTL:          o.caTTL,
+			DefaultSVIDTTL: o.svidTTL,
+			MaxSVIDTTL:     o.maxSVIDTTL,
+			Federated:      federated,
+			Logger:         log,
+		})
+	}
+	var ca *identity.CA
+	var serviceAccountTokens caserver.TokenRedeemer
+	if o.kube != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ca, err = openSharedCA(ctx, o.kube, o.kubeNamespace, o.dataDir, openCA)
+		cancel()
+		if err == nil {
+			serviceAccountTokens, err = tokenReviewer(o.kube, td, o.tokenAudience)
+		}
+	} else {
+		ca, err = openCA()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("CA: %w", err)
 	}
@@ -103,7 +122,7 @@ func newIdentityService(o identityOptions, log *slog.Logger, reg prometheus.Regi
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap tokens: %w", err)
 	}
-	api, err := caserver.New(caserver.Config{Address: o.caAddress, CA: ca, Tokens: tokens, DNSNames: o.dnsNames, Logger: log, Registerer: reg})
+	api, err := caserver.New(caserver.Config{Address: o.caAddress, CA: ca, Tokens: tokens, ServiceAccountTokens: serviceAccountTokens, DNSNames: o.dnsNames, Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, err
 	}

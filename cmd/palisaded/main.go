@@ -4,7 +4,7 @@
 //
 // The pipeline is wired here, in one place:
 //
-//	config source (YAML directory) → mesh.Snapshot ┬→ xds translators → xDS server
+//	config source (YAML directory or Kubernetes) → mesh.Snapshot ┬→ xds translators → xDS server
 //	                                               └→ authz.Policy → rego.Engine → ext_authz, OPA bundles
 package main
 
@@ -35,12 +35,14 @@ import (
 	"github.com/palisade-mesh/palisade/cmd/internal/cli"
 	"github.com/palisade-mesh/palisade/cmd/internal/defaults"
 	"github.com/palisade-mesh/palisade/mesh"
+	"github.com/palisade-mesh/palisade/mesh/config"
 	"github.com/palisade-mesh/palisade/mesh/filesource"
 	"github.com/palisade-mesh/palisade/xds"
 	xdsserver "github.com/palisade-mesh/palisade/xds/server"
 )
 
 type options struct {
+	source            string
 	configDir         string
 	xdsAddress        string
 	monitoringAddress string
@@ -49,12 +51,14 @@ type options struct {
 	memoryLimit       string
 	identity          identityOptions
 	policy            policyOptions
+	kube              kubeOptions
 }
 
 func main() {
 	var o options
 	fs := flag.NewFlagSet("palisaded", flag.ContinueOnError)
-	fs.StringVar(&o.configDir, "config-dir", "/etc/palisade/config", "directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication) and Palisade RegoPolicy objects, watched for changes")
+	fs.StringVar(&o.source, "source", "file", "where the mesh configuration comes from: file (the YAML directory --config-dir) or kubernetes (Services, EndpointSlices, Pods and the Istio and Palisade custom resources of the cluster)")
+	fs.StringVar(&o.configDir, "config-dir", "/etc/palisade/config", "with --source file: directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication) and Palisade RegoPolicy objects, watched for changes")
 	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "address of the xDS (ADS) gRPC server")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15014", "address of the HTTP server for /metrics, /healthz/ready and /debug/")
 	fs.IntVar(&o.maxFullPushes, "max-full-pushes", xdsserver.DefaultMaxFullPushes, "full configuration pushes (first requests, new subscriptions) in flight at once; a push holds its slot until the proxy acknowledges it (negative: no bound)")
@@ -75,10 +79,11 @@ func main() {
 	fs.StringVar(&o.policy.authzAddress, "authz-address", "127.0.0.1:9191", "address of the Envoy ext_authz gRPC server (envoy.service.auth.v3.Authorization) deciding requests by the mesh's policies; empty disables it")
 	fs.StringVar(&o.policy.bundleAddress, "policy-bundle-address", "127.0.0.1:15016", "address of the HTTP server of OPA policy bundles (GET /bundles/palisade, signed; public key at /bundles-signing-key.pem) for palisade-agent and stock OPAs; empty disables it")
 	fs.StringVar(&o.policy.decisionLog, "decision-log", "", "write every ext_authz decision as a JSON line in OPA's decision log format to this file (\"-\": standard output); secrets in headers are masked (default: off)")
+	o.kube.register(fs)
 	var common cli.Common
 	common.Register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration in --config-dir to Envoy\nsidecars and proxyless gRPC applications over xDS, issues SPIFFE identities\nto palisade-agent from its CA, and decides requests by the mesh's policies\n(ext_authz) and serves them as OPA bundles.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: palisaded [flags]\n\nPalisade's control plane: serves the mesh configuration (the YAML in --config-dir,\nor with --source kubernetes the cluster's Services and Istio resources) to Envoy\nsidecars and proxyless gRPC applications over xDS, issues SPIFFE identities\nto palisade-agent from its CA, and decides requests by the mesh's policies\n(ext_authz) and serves them as OPA bundles.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	log := common.Parse(fs, "palisaded", os.Args[1:])
@@ -122,9 +127,32 @@ func parseBytes(s string) (int64, error) {
 	return n * factor, nil
 }
 
+// configSource is what palisaded needs of a config source besides its Publish.
+type configSource interface {
+	Run(ctx context.Context) error
+	Diagnostics() []config.Diagnostic
+}
+
 func run(ctx context.Context, o options, log *slog.Logger) error {
-	if st, err := os.Stat(o.configDir); err != nil || !st.IsDir() {
-		return fmt.Errorf("--config-dir %s is not a readable directory", o.configDir)
+	var kube *kubeClients
+	switch o.source {
+	case "file":
+		if st, err := os.Stat(o.configDir); err != nil || !st.IsDir() {
+			return fmt.Errorf("--config-dir %s is not a readable directory", o.configDir)
+		}
+	case "kubernetes":
+		var err error
+		if kube, err = newKubeClients(o.kube.kubeconfig, log); err != nil {
+			return err
+		}
+		o.identity.kube, o.identity.kubeNamespace, o.identity.tokenAudience = kube, o.kube.namespace, o.kube.tokenAudience
+		if len(o.kube.webhookDNSNames) == 0 {
+			o.kube.webhookDNSNames = multiFlag{"palisaded." + o.kube.namespace + ".svc"}
+		}
+		// The webhooks present palisaded's serving certificate.
+		o.identity.dnsNames = append(o.identity.dnsNames, o.kube.webhookDNSNames...)
+	default:
+		return fmt.Errorf("--source %q: use file or kubernetes", o.source)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -136,22 +164,31 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	var snapshot atomic.Pointer[mesh.Snapshot]
 	xds := xdsserver.New(xdsserver.Config{Address: o.xdsAddress, Logger: log, Registerer: reg, MaxFullPushes: o.maxFullPushes, TrustDomain: o.identity.trustDomain, ExtAuthzAddress: o.sidecarAuthz})
 	var ready atomic.Bool
-	source := filesource.New(filesource.Config{
-		Dir:        o.configDir,
-		Logger:     log,
-		Registerer: reg,
-		Publish: func(s *mesh.Snapshot) {
-			snapshot.Store(s)
-			policy.publish(s)
-			xds.SetSnapshot(s)
-			ready.Store(true)
-		},
-	})
+	publish := func(s *mesh.Snapshot) {
+		snapshot.Store(s)
+		policy.publish(s)
+		xds.SetSnapshot(s)
+		ready.Store(true)
+	}
 
 	ids, err := newIdentityService(o.identity, log, reg)
 	if err != nil {
 		policy.close()
 		return err
+	}
+	var source configSource
+	var sourceRunners []func(context.Context) error
+	if kube != nil {
+		k, err := newKubeService(kube, o.kube, ids, o.identity.trustDomain, log, reg, publish)
+		if err != nil {
+			ids.close()
+			policy.close()
+			return err
+		}
+		source, sourceRunners = k.source, k.runners
+	} else {
+		fileSource := filesource.New(filesource.Config{Dir: o.configDir, Logger: log, Registerer: reg, Publish: publish})
+		source, sourceRunners = fileSource, []func(context.Context) error{fileSource.Run}
 	}
 	xdsListener, err := xds.Listen()
 	if err != nil {
@@ -191,7 +228,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, buildinfo.String()) })
 	monitoring := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
-	log.Info("palisaded starting", "version", buildinfo.String(), "config_dir", o.configDir,
+	log.Info("palisaded starting", "version", buildinfo.String(), "source", o.source, "config_dir", o.configDir,
 		"xds_address", xdsListener.Addr().String(), "monitoring_address", monListener.Addr().String(),
 		"authz_address", o.policy.authzAddress, "policy_bundle_address", o.policy.bundleAddress,
 		"trust_domain", o.identity.trustDomain, "ca_address", ids.apiL.Addr().String(), "data_dir", o.identity.dataDir)
@@ -200,14 +237,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer cancel(nil)
 	runners := append([]func(context.Context) error{
 		func(ctx context.Context) error { return xds.Serve(ctx, xdsListener) },
-		source.Run,
 		func(context.Context) error {
 			if err := monitoring.Serve(monListener); !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
 		},
-	}, append(ids.runners(), policy.runners()...)...)
+	}, append(append(ids.runners(), policy.runners()...), sourceRunners...)...)
 	errs := make(chan error, len(runners))
 	for _, r := range runners {
 		go func() { errs <- r(ctx) }()

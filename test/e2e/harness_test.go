@@ -43,6 +43,10 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	moduleRoot = root
+	if dir := os.Getenv(binDirEnv); dir != "" { // a test re-run in a network namespace
+		palisadedBin, agentBin, ctlBin = filepath.Join(dir, "palisaded"), filepath.Join(dir, "palisade-agent"), filepath.Join(dir, "palisadectl")
+		return m.Run()
+	}
 	tmp, err := os.MkdirTemp("", "palisade-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -78,11 +82,13 @@ func freeAddr(t testing.TB) string {
 
 // daemon is a running palisaded.
 type daemon struct {
-	Dir     string // its config directory
-	DataDir string // its state: the CA, token hashes, the admin socket
-	XDSAddr string
-	MonAddr string
-	CAAddr  string
+	Dir string // its config directory
+	// SourceArgs replace --config-dir Dir when set (palisaded on Kubernetes).
+	SourceArgs []string
+	DataDir    string // its state: the CA, token hashes, the admin socket
+	XDSAddr    string
+	MonAddr    string
+	CAAddr     string
 	// AuthzAddr is the ext_authz endpoint, BundleAddr the policy bundle server;
 	// decisions are logged to DecisionLog.
 	AuthzAddr, BundleAddr, DecisionLog string
@@ -122,8 +128,11 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 		}
 		d.out = &syncbuf.Buffer{}
 		d.exited = make(chan struct{})
-		d.cmd = exec.Command(palisadedBin,
-			"--config-dir", d.Dir,
+		source := d.SourceArgs
+		if source == nil {
+			source = []string{"--config-dir", d.Dir}
+		}
+		d.cmd = exec.Command(palisadedBin, append(source,
 			"--xds-address", d.XDSAddr,
 			"--monitoring-address", d.MonAddr,
 			"--data-dir", d.DataDir,
@@ -133,7 +142,7 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 			"--policy-bundle-address", d.BundleAddr,
 			"--decision-log", d.DecisionLog,
 			"--log-level", "debug",
-		)
+		)...)
 		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 		if err := d.cmd.Start(); err != nil {
 			t.Fatalf("starting palisaded: %v", err)
@@ -336,8 +345,14 @@ func writeFile(t *testing.T, dir, name, content string) {
 // loopback port.
 func startBackend(t *testing.T, version string) *backend.Backend {
 	t.Helper()
+	return startBackendAt(t, version, "127.0.0.1:0")
+}
+
+// startBackendAt is startBackend on address.
+func startBackendAt(t *testing.T, version, address string) *backend.Backend {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	b, err := backend.Start(ctx, backend.Config{Address: "127.0.0.1:0", Version: version})
+	b, err := backend.Start(ctx, backend.Config{Address: address, Version: version})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
