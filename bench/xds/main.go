@@ -21,20 +21,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/palisade-mesh/palisade/bench/internal/ads"
 	"github.com/palisade-mesh/palisade/bench/internal/proc"
 	"github.com/palisade-mesh/palisade/test/meshgen"
-	"github.com/palisade-mesh/palisade/xds"
 )
 
 func main() {
@@ -83,19 +76,23 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	cmd, xdsAddr, monAddr := p.Cmd, p.XDSAddr, p.MonAddr
 	fmt.Printf("palisaded pid %d (%s) serving %d services; %d %s delta ADS clients\n", cmd.Process.Pid, strings.Join(extraFlags, " "), services, clients, kind)
 
-	subs := subscriptions(kind, services)
+	hosts := make([]string, services)
+	for i := range hosts {
+		hosts[i] = meshgen.Host(i)
+	}
+	subs := ads.ForServices(kind, hosts)
 	changed := meshgen.Host(0) + ":9080" // the route configuration svc0's routes are in
 
 	// One proxy alone first: connect → full config with nothing else going on.
 	var alone []time.Duration
 	for range 5 {
 		ctx, cancel := context.WithCancel(context.Background())
-		c := &client{id: -1, kind: kind, watched: changed, subs: subs, ready: make(chan struct{})}
+		c := ads.New(-1, kind, resource.RouteType, changed, subs)
 		errc := make(chan error, 1)
-		go func() { errc <- c.run(ctx, xdsAddr) }()
+		go func() { errc <- c.Run(ctx, xdsAddr) }()
 		select {
-		case <-c.ready:
-			alone = append(alone, c.fullConfigAfter)
+		case <-c.Ready:
+			alone = append(alone, c.FullConfigAfter)
 		case err := <-errc:
 			cancel()
 			return fmt.Errorf("single client: %w", err)
@@ -107,22 +104,22 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cs := make([]*client, clients)
+	cs := make([]*ads.Client, clients)
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for i := range cs {
-		cs[i] = &client{id: i, kind: kind, watched: changed, subs: subs, ready: make(chan struct{})}
+		cs[i] = ads.New(i, kind, resource.RouteType, changed, subs)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := cs[i].run(ctx, xdsAddr); err != nil && ctx.Err() == nil {
+			if err := cs[i].Run(ctx, xdsAddr); err != nil && ctx.Err() == nil {
 				errs <- fmt.Errorf("client %d: %w", i, err)
 			}
 		}()
 	}
 	for _, c := range cs {
 		select {
-		case <-c.ready:
+		case <-c.Ready:
 		case err := <-errs:
 			return err
 		case <-time.After(5 * time.Minute):
@@ -132,11 +129,11 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	var connect []time.Duration
 	var fullBytes []float64
 	for _, c := range cs {
-		connect = append(connect, c.fullConfigAfter)
-		fullBytes = append(fullBytes, float64(c.bytes.Load()))
+		connect = append(connect, c.FullConfigAfter)
+		fullBytes = append(fullBytes, float64(c.Bytes.Load()))
 	}
 	fmt.Printf("connect → full config: median %v, p99 %v; full push %.0f bytes per client (%d resources)\n",
-		proc.Median(connect), proc.Percentile(connect, 0.99), proc.MedianF(fullBytes), cs[0].resources.Load())
+		proc.Median(connect), proc.Percentile(connect, 0.99), proc.MedianF(fullBytes), cs[0].Resources.Load())
 
 	var latencies, medians []time.Duration
 	var ratios []float64
@@ -144,8 +141,8 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		weightV2 := []int{50, 100, 0, 30, 70}[n%5]
 		before := make([]int64, len(cs))
 		for i, c := range cs {
-			before[i] = c.bytes.Load()
-			c.expect()
+			before[i] = c.Bytes.Load()
+			c.Expect()
 		}
 		start := time.Now()
 		if err := os.WriteFile(filepath.Join(configDir, "svc0.yaml"), []byte(meshgen.Service(0, weightV2)), 0o644); err != nil {
@@ -154,18 +151,18 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 		var per []time.Duration
 		for _, c := range cs {
 			select {
-			case at := <-c.got:
+			case at := <-c.Got():
 				per = append(per, at.Sub(start))
 			case err := <-errs:
 				return err
 			case <-time.After(time.Minute):
-				return fmt.Errorf("change %d did not reach client %d within a minute", n, c.id)
+				return fmt.Errorf("change %d did not reach client %d within a minute", n, c.ID)
 			}
 		}
 		time.Sleep(200 * time.Millisecond) // let anything else the change caused arrive, to count its bytes
 		var sent []float64
 		for i, c := range cs {
-			sent = append(sent, float64(c.bytes.Load()-before[i]))
+			sent = append(sent, float64(c.Bytes.Load()-before[i]))
 		}
 		all := slices.Max(per)
 		latencies = append(latencies, all)
@@ -196,112 +193,6 @@ func run(services, clients int, kind string, changes int, binary, heapProfile st
 	cancel()
 	wg.Wait()
 	return nil
-}
-
-// subscriptions lists what each client asks for, by type; nil means wildcard.
-func subscriptions(kind string, services int) map[string][]string {
-	subs := map[string][]string{}
-	var clusters, hostPorts []string
-	for i := range services {
-		h := meshgen.Host(i)
-		for _, subset := range []string{"", "v1", "v2"} {
-			clusters = append(clusters, xds.ClusterName(9080, subset, h))
-		}
-		hostPorts = append(hostPorts, h+":9080")
-	}
-	subs[resource.EndpointType] = clusters
-	if kind == "sidecar" {
-		// Wildcard CDS and LDS; the route configurations the listener names: one per
-		// service (each has an address) and the port's, for Host-routed traffic.
-		subs[resource.ClusterType] = nil
-		subs[resource.ListenerType] = nil
-		subs[resource.RouteType] = append(hostPorts, "9080")
-	} else {
-		subs[resource.ClusterType] = clusters
-		subs[resource.ListenerType] = hostPorts
-		subs[resource.RouteType] = hostPorts
-	}
-	return subs
-}
-
-type client struct {
-	id      int
-	kind    string
-	watched string // the route resource a change shows up in
-	subs    map[string][]string
-
-	bytes     atomic.Int64
-	resources atomic.Int64
-
-	ready           chan struct{}
-	fullConfigAfter time.Duration
-
-	mu  sync.Mutex
-	got chan time.Time
-}
-
-func (c *client) expect() {
-	c.mu.Lock()
-	c.got = make(chan time.Time, 1)
-	c.mu.Unlock()
-}
-
-func (c *client) run(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	start := time.Now()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		return err
-	}
-	md, _ := structpb.NewStruct(map[string]any{xds.MetaNamespace: "default"})
-	if c.kind == "proxyless" {
-		md.Fields[xds.MetaGenerator] = structpb.NewStringValue(xds.GeneratorGRPC)
-	}
-	node := &core.Node{Id: fmt.Sprintf("bench-%d", c.id), Metadata: md}
-	pending := map[string]bool{}
-	for _, typeURL := range xds.TypeURLs {
-		if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: typeURL, ResourceNamesSubscribe: c.subs[typeURL]}); err != nil {
-			return err
-		}
-		pending[typeURL] = true
-	}
-	var watchedVersion string
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		c.bytes.Add(int64(proto.Size(resp)))
-		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}); err != nil {
-			return err
-		}
-		for _, r := range resp.Resources {
-			if r.Name == c.watched && resp.TypeUrl == resource.RouteType && r.Version != watchedVersion {
-				if watchedVersion != "" {
-					c.mu.Lock()
-					select {
-					case c.got <- time.Now():
-					default:
-					}
-					c.mu.Unlock()
-				}
-				watchedVersion = r.Version
-			}
-		}
-		if len(pending) > 0 {
-			c.resources.Add(int64(len(resp.Resources)))
-			delete(pending, resp.TypeUrl) // each type arrives whole in its first response
-			if len(pending) == 0 {
-				c.fullConfigAfter = time.Since(start)
-				close(c.ready)
-			}
-		}
-	}
 }
 
 // memStats picks the Go runtime's memory figures from palisaded's /metrics.
