@@ -87,6 +87,8 @@ func StartCluster() (*Cluster, error) {
 	// endpoints to keep (the reconciler would try to write a non-loopback address).
 	api.Set("advertise-address", "127.0.0.1")
 	api.Set("endpoint-reconciler-type", "none")
+	// envtest's default range holds 256 Services; the benchmark creates 1,000.
+	api.Set("service-cluster-ip-range", "10.96.0.0/16")
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err)
