@@ -246,4 +246,3 @@ func loadService(ctx context.Context, client kubernetes.Interface, i, pods int) 
 	}
 	return nil
 }
-
