@@ -3,7 +3,6 @@ package xds
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -15,8 +14,10 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"sigs.k8s.io/yaml"
 
 	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/mesh"
@@ -64,6 +65,12 @@ type BootstrapOptions struct {
 	CertRefresh time.Duration
 }
 
+// SidecarNodeID is the node ID Istio gives a sidecar proxy, which tools written for
+// istiod parse: sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local.
+func SidecarNodeID(ip, name, namespace string) string {
+	return fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", ip, name, namespace, namespace)
+}
+
 // DefaultCertRefresh is how often gRPC rereads certificate files by default: the
 // agent rotates certificates well before they expire.
 const DefaultCertRefresh = 5 * time.Minute
@@ -75,7 +82,12 @@ func (o BootstrapOptions) nodeMetadata(kind mesh.ProxyKind) map[string]any {
 		md[MetaServiceAccount] = o.ServiceAccount
 	}
 	if len(o.Labels) > 0 {
-		md[MetaLabels] = maps.Clone(o.Labels)
+		// map[string]any: structpb (the Envoy bootstrap) takes no other map type.
+		labels := make(map[string]any, len(o.Labels))
+		for k, v := range o.Labels {
+			labels[k] = v
+		}
+		md[MetaLabels] = labels
 	}
 	if len(o.InstanceIPs) > 0 {
 		md[MetaInstanceIPs] = strings.Join(o.InstanceIPs, ",")
@@ -216,4 +228,21 @@ func EnvoyBootstrap(o BootstrapOptions, adminPort uint32, delta bool) (*bootstra
 			LdsConfig: adsConfigSource(),
 		},
 	}, nil
+}
+
+// EnvoyBootstrapYAML is EnvoyBootstrap as the YAML file Envoy reads with -c, checked
+// with Validate first.
+func EnvoyBootstrapYAML(o BootstrapOptions, adminPort uint32, delta bool) ([]byte, error) {
+	b, err := EnvoyBootstrap(o, adminPort, delta)
+	if err != nil {
+		return nil, err
+	}
+	if err := Validate(b); err != nil {
+		return nil, fmt.Errorf("bootstrap: generated Envoy bootstrap is invalid: %w", err)
+	}
+	js, err := protojson.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return yaml.JSONToYAML(js)
 }

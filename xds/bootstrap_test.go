@@ -73,3 +73,23 @@ func TestEnvoyBootstrapHasTheSDSCluster(t *testing.T) {
 		}
 	}
 }
+
+// Both bootstrap kinds carry the workload's labels in the node metadata.
+func TestBootstrapsCarryLabels(t *testing.T) {
+	o := bootstrapOptions
+	o.Labels = map[string]string{"app": "reviews", "version": "v2"}
+	b, err := xds.EnvoyBootstrap(o, 15000, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.GetNode().GetMetadata().GetFields()[xds.MetaLabels].GetStructValue().GetFields()["version"].GetStringValue(); got != "v2" {
+		t.Errorf("Envoy bootstrap: label version=%q, want v2", got)
+	}
+	g, err := xds.GRPCBootstrap(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(g), `"version": "v2"`) {
+		t.Errorf("gRPC bootstrap lacks the labels:\n%s", g)
+	}
+}

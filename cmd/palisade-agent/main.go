@@ -53,9 +53,18 @@ type options struct {
 	svidTTL           time.Duration
 	monitoringAddress string
 	authz             authzOptions
+	envoyBootstrap    string
+	xdsAddress        string
+	podLabelsFile     string
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "capture" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := runCapture(ctx, os.Args[2:], net.InterfaceAddrs, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	var o options
 	fs := flag.NewFlagSet("palisade-agent", flag.ContinueOnError)
 	fs.StringVar(&o.caAddress, "ca-address", "127.0.0.1:15012", "palisaded's CA API")
@@ -74,10 +83,13 @@ func main() {
 	fs.StringVar(&o.authz.address, "authz-address", "127.0.0.1:9191", "address of the local ext_authz gRPC endpoint (with --policy-bundle-url)")
 	fs.StringVar(&o.authz.decisionLog, "decision-log", "", "write every local ext_authz decision as a JSON line in OPA's decision log format to this file (\"-\": standard output); secrets are masked (default: off)")
 	fs.StringVar(&o.monitoringAddress, "monitoring-address", "127.0.0.1:15020", "address for /metrics, /healthz/ready (ready once every identity has an SVID) and /debug/pprof/; empty disables it")
+	fs.StringVar(&o.envoyBootstrap, "envoy-bootstrap", "", "write the bootstrap of the workload's Envoy sidecar (YAML, for envoy -c) to this file before serving: xDS from --xds-address, certificates over SDS from --socket, node metadata from --spiffe-id, --pod-labels-file and the pod's IPs (INSTANCE_IP or POD_IP, else its interfaces); needs --spiffe-id")
+	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "palisaded's xDS address, for --envoy-bootstrap (in Kubernetes: palisaded.palisade-system.svc:15010)")
+	fs.StringVar(&o.podLabelsFile, "pod-labels-file", "", "the pod's labels, for --envoy-bootstrap: a Kubernetes downward API file of metadata.labels (key=\"value\" lines), e.g. /etc/palisade/podinfo/labels")
 	var common cli.Common
 	common.Register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: palisade-agent --spiffe-id ID --token-file FILE [flags]\n   or: palisade-agent --workloads FILE [flags]\n\nObtains SPIFFE identities from palisaded and serves them to workloads over a\nUnix socket: the SPIFFE Workload API and Envoy SDS. With --policy-bundle-url,\nalso decides the workload's requests on a local ext_authz endpoint by the\npolicy bundles palisaded serves.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: palisade-agent --spiffe-id ID --token-file FILE [flags]\n   or: palisade-agent --workloads FILE [flags]\n   or: palisade-agent capture [flags]   (see palisade-agent capture -h)\n\nObtains SPIFFE identities from palisaded and serves them to workloads over a\nUnix socket: the SPIFFE Workload API and Envoy SDS. With --envoy-bootstrap,\nfirst writes the bootstrap of the workload's Envoy sidecar. With\n--policy-bundle-url, also decides the workload's requests on a local ext_authz\nendpoint by the policy bundles palisaded serves.\n\n'capture' installs a pod's traffic capture (iptables rules that redirect its\nTCP traffic to Envoy) and exits: the init container of an injected pod.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	log := common.Parse(fs, "palisade-agent", os.Args[1:])
@@ -105,6 +117,15 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	workloads, err := o.workloads(td)
 	if err != nil {
 		return err
+	}
+	if o.envoyBootstrap != "" {
+		if o.workloadsFile != "" {
+			return errors.New("--envoy-bootstrap needs --spiffe-id: a sidecar serves one workload")
+		}
+		if err := writeEnvoyBootstrap(o, workloads[0].id, systemPodEnv); err != nil {
+			return err
+		}
+		log.Info("Envoy bootstrap written", "path", o.envoyBootstrap, "xds_address", o.xdsAddress)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -7,9 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
-	"sigs.k8s.io/yaml"
-
 	"github.com/palisade-mesh/palisade/identity/wellknown"
 	"github.com/palisade-mesh/palisade/xds"
 )
@@ -60,18 +57,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 		if *adminPort == 0 || *adminPort > 65535 {
 			return fmt.Errorf("%w: --admin-port %d is out of range", errUsage, *adminPort)
 		}
-		b, berr := xds.EnvoyBootstrap(o, uint32(*adminPort), *delta)
-		if berr != nil {
-			return berr
-		}
-		if err := xds.Validate(b); err != nil {
-			return fmt.Errorf("generated bootstrap is invalid: %w", err)
-		}
-		js, jerr := protojson.Marshal(b)
-		if jerr != nil {
-			return jerr
-		}
-		data, err = yaml.JSONToYAML(js)
+		data, err = xds.EnvoyBootstrapYAML(o, uint32(*adminPort), *delta)
 	default:
 		return fmt.Errorf("%w: --kind %q: use grpc or envoy", errUsage, *kind)
 	}
@@ -108,5 +94,5 @@ func defaultNodeID(name string, o xds.BootstrapOptions) string {
 	if len(o.InstanceIPs) > 0 {
 		ip = o.InstanceIPs[0]
 	}
-	return fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", ip, name, o.Namespace, o.Namespace)
+	return xds.SidecarNodeID(ip, name, o.Namespace)
 }
