@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/lint.sh
+./scripts/system-deps.sh
 ./test/node/install.sh
 
 # The Rego policies: formatted, strictly checked, and their tests pass.

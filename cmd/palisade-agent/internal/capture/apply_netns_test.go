@@ -120,10 +120,9 @@ func TestApplyInNetworkNamespace(t *testing.T) {
 // runInNetworkNamespace runs the calling test again, alone, in a new network
 // namespace, and reports its result.
 func runInNetworkNamespace(t *testing.T) {
-	// Every machine of the project (developers' and CI's) runs tests as root; a
-	// non-root run elsewhere cannot make the namespace and skips.
+	// Every machine of the project (developers' and CI's) runs tests as root.
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
+		t.Fatal("this test needs root, to create a network namespace (unshare -n)")
 	}
 	// A missing program fails rather than skips, so that a machine without
 	// iptables cannot pass this test without running it: the project's test
