@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -174,4 +176,100 @@ func TestKubeRouting(t *testing.T) {
 		t.Fatalf("kubectl delete: %v\n%s", err, out)
 	}
 	cl.waitMix(20*time.Second, "v1", "v2")
+}
+
+// leaseHolder is the replica holding palisaded's leader Lease, or "".
+func leaseHolder(t *testing.T, c *kube.Cluster) string {
+	t.Helper()
+	lease, err := c.Client.CoordinationV1().Leases(palisadedNamespace).Get(context.Background(), "palisaded-leader", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *lease.Spec.HolderIdentity
+}
+
+func routingTo(subset string) string {
+	return strings.Replace(reviewsRouting, "subset: v2}", "subset: "+subset+"}", 1)
+}
+
+// TestKubeReplicas: two palisaded replicas share one CA and both serve xDS; one
+// leads. Killing the leader (no chance to hand over) moves leadership to the other;
+// clients of both keep their configuration, the survivor's clients follow new
+// changes, and the new leader writes statuses.
+func TestKubeReplicas(t *testing.T) {
+	t.Parallel()
+	if !inNetworkNamespace(t) {
+		return
+	}
+	c := newKubeCluster(t)
+	kubeReviews(t, c, map[string]*backend.Backend{
+		"v1": startBackendAt(t, "v1", podAddresses[0]+":0"),
+		"v2": startBackendAt(t, "v2", podAddresses[1]+":0"),
+	})
+	c.ApplyCRDs(t)
+	if out, err := c.Kubectl(t, reviewsRouting, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	replicas := map[string]*daemon{}
+	for _, name := range []string{"palisaded-0", "palisaded-1"} {
+		replicas[name] = startKubePalisaded(t, c, name, freeAddr(t))
+	}
+	roots := map[string]bool{}
+	for _, d := range replicas {
+		b, err := os.ReadFile(filepath.Join(d.DataDir, "root-cert.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots[string(b)] = true
+	}
+	if len(roots) != 1 {
+		t.Fatalf("the replicas have %d different CA roots, want one shared CA", len(roots))
+	}
+	var leader string
+	if err := poll(20*time.Second, func() bool { leader = leaseHolder(t, c); return replicas[leader] != nil }); err != nil {
+		t.Fatalf("no replica leads: %v", err)
+	}
+	clients := map[string]*client{}
+	for name, d := range replicas {
+		clients[name] = newClient(t, d, reviewsTarget)
+		clients[name].waitAll("v2", nil, 20*time.Second)
+	}
+
+	killed := time.Now()
+	if err := replicas[leader].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var survivor string
+	for name := range replicas {
+		if name != leader {
+			survivor = name
+		}
+	}
+	if err := poll(30*time.Second, func() bool { return leaseHolder(t, c) == survivor }); err != nil {
+		t.Fatalf("leadership did not move to %s after %s was killed: holder %q", survivor, leader, leaseHolder(t, c))
+	}
+	t.Logf("leadership moved from %s to %s %v after the kill", leader, survivor, time.Since(killed).Round(time.Millisecond))
+	for name, cl := range clients {
+		if tally := cl.calls(100, nil); tally.Errors != 0 || tally.Versions["v2"] != 100 {
+			t.Errorf("client of %s after the leader was killed: %s, want 100 calls to v2", name, tally)
+		}
+	}
+	if out, err := c.Kubectl(t, routingTo("v1"), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	clients[survivor].waitAll("v1", nil, 20*time.Second)
+
+	// The new leader writes statuses: a route to a subset no DestinationRule defines.
+	if out, err := c.Kubectl(t, routingTo("v3"), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	var status string
+	if err := poll(20*time.Second, func() bool {
+		status, _ = c.Kubectl(t, "", "get", "virtualservice", "reviews", "-n", "default", "-o",
+			`jsonpath={.status.conditions[?(@.type=="Reconciled")].status} {.status.conditions[?(@.type=="Reconciled")].message}`)
+		return strings.HasPrefix(status, "False ") && strings.Contains(status, "v3")
+	}); err != nil {
+		t.Fatalf("status of the VirtualService routing to subset v3: %q, want Reconciled False naming v3", status)
+	}
+	t.Logf("status written by %s: %s", survivor, status)
 }
