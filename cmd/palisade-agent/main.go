@@ -66,6 +66,21 @@ func main() {
 		os.Exit(code)
 	}
 	var o options
+	fs := agentFlags(&o)
+	var common cli.Common
+	common.Register(fs)
+	log := common.Parse(fs, "palisade-agent", os.Args[1:])
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("palisade-agent stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+// agentFlags is the agent's flag set, writing into o. The injection template
+// (webhook/templates/sidecar.yaml) passes these flags; a test holds them to it.
+func agentFlags(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("palisade-agent", flag.ContinueOnError)
 	fs.StringVar(&o.caAddress, "ca-address", "127.0.0.1:15012", "palisaded's CA API")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "the mesh's SPIFFE trust domain")
@@ -86,19 +101,11 @@ func main() {
 	fs.StringVar(&o.envoyBootstrap, "envoy-bootstrap", "", "write the bootstrap of the workload's Envoy sidecar (YAML, for envoy -c) to this file before serving: xDS from --xds-address, certificates over SDS from --socket, node metadata from --spiffe-id, --pod-labels-file and the pod's IPs (INSTANCE_IP or POD_IP, else its interfaces); needs --spiffe-id")
 	fs.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:15010", "palisaded's xDS address, for --envoy-bootstrap (in Kubernetes: palisaded.palisade-system.svc:15010)")
 	fs.StringVar(&o.podLabelsFile, "pod-labels-file", "", "the pod's labels, for --envoy-bootstrap: a Kubernetes downward API file of metadata.labels (key=\"value\" lines), e.g. /etc/palisade/podinfo/labels")
-	var common cli.Common
-	common.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: palisade-agent --spiffe-id ID --token-file FILE [flags]\n   or: palisade-agent --workloads FILE [flags]\n   or: palisade-agent capture [flags]   (see palisade-agent capture -h)\n\nObtains SPIFFE identities from palisaded and serves them to workloads over a\nUnix socket: the SPIFFE Workload API and Envoy SDS. With --envoy-bootstrap,\nfirst writes the bootstrap of the workload's Envoy sidecar. With\n--policy-bundle-url, also decides the workload's requests on a local ext_authz\nendpoint by the policy bundles palisaded serves.\n\n'capture' installs a pod's traffic capture (iptables rules that redirect its\nTCP traffic to Envoy) and exits: the init container of an injected pod.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	log := common.Parse(fs, "palisade-agent", os.Args[1:])
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o, log); err != nil {
-		log.Error("palisade-agent stopped", "error", err)
-		os.Exit(1)
-	}
+	return fs
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
