@@ -139,7 +139,7 @@ func TestInjectDefaultTemplate(t *testing.T) {
 	if !strings.Contains(string(patched), `"futureField":{"x":1}`) {
 		t.Errorf("the app container's unknown field was lost:\n%s", patched)
 	}
-	if got, want := volumeNames(pod.Spec.Volumes), []string{"data", "palisade-token", "palisade-ca-root-cert", "palisade-run"}; !slices.Equal(got, want) {
+	if got, want := volumeNames(pod.Spec.Volumes), []string{"data", "palisade-token", "palisade-ca-root-cert", "palisade-run", "palisade-podinfo"}; !slices.Equal(got, want) {
 		t.Errorf("volumes %v, want %v", got, want)
 	}
 
@@ -215,7 +215,7 @@ func TestInjectDefaultTemplate(t *testing.T) {
 		Version:        "1.2.3",
 		InitContainers: []string{"palisade-init", "palisade-agent", "palisade-proxy"},
 		Containers:     []string{},
-		Volumes:        []string{"palisade-token", "palisade-ca-root-cert", "palisade-run"},
+		Volumes:        []string{"palisade-token", "palisade-ca-root-cert", "palisade-run", "palisade-podinfo"},
 	}
 	if diff := cmp.Diff(want, status); diff != "" {
 		t.Errorf("status annotation (-want +got):\n%s", diff)

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"net"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -160,6 +162,7 @@ func TestInjectionTemplateAgentFlags(t *testing.T) {
 	for flag, file := range map[string]string{
 		"--token-file": o.tokenFile, "--ca-bundle": o.caBundle, "--socket": o.socket,
 		"--envoy-bootstrap": o.envoyBootstrap, "--policy-bundle-key": o.authz.bundleKey,
+		"--pod-labels-file": o.podLabelsFile,
 	} {
 		mounted := false
 		for _, m := range c.VolumeMounts {
@@ -181,9 +184,20 @@ func TestInjectionTemplateAgentFlags(t *testing.T) {
 			return nil, nil
 		},
 	}
+	// The labels file is the downward API's, in a volume of its own.
+	if o.podLabelsFile != "/etc/palisade/podinfo/labels" {
+		t.Errorf("--pod-labels-file %q, want the downward API file /etc/palisade/podinfo/labels", o.podLabelsFile)
+	}
+	o.podLabelsFile = filepath.Join(t.TempDir(), "labels")
+	if err := os.WriteFile(o.podLabelsFile, []byte("app=\"reviews\"\nversion=\"v1\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	bo, err := sidecarBootstrapOptions(o, workloads[0].id, pod)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if bo.Labels["app"] != "reviews" || bo.Labels["version"] != "v1" {
+		t.Errorf("bootstrap labels %v, want the pod's", bo.Labels)
 	}
 	if want := "sidecar~10.244.1.7~reviews-5d4f8-x2x.shop~shop.svc.cluster.local"; bo.NodeID != want {
 		t.Errorf("node ID %q, want %q", bo.NodeID, want)
