@@ -5,17 +5,21 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/palisade-mesh/palisade/deploy"
 	"github.com/palisade-mesh/palisade/test/backend"
 	"github.com/palisade-mesh/palisade/test/kube"
+	"github.com/palisade-mesh/palisade/webhook"
 )
 
 // palisadedNamespace is where the tests run palisaded's Kubernetes state (Lease,
@@ -76,7 +80,7 @@ func kubeReviews(t *testing.T, c *kube.Cluster, backends map[string]*backend.Bac
 		name := "reviews-" + version
 		_, err := c.Client.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "reviews", "version": version}},
-			Spec: corev1.PodSpec{ServiceAccountName: "reviews", Containers: []corev1.Container{{Name: "app", Image: "reviews:" + version}}},
+			Spec:       corev1.PodSpec{ServiceAccountName: "reviews", Containers: []corev1.Container{{Name: "app", Image: "reviews:" + version}}},
 		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -272,4 +276,189 @@ func TestKubeReplicas(t *testing.T) {
 		t.Fatalf("status of the VirtualService routing to subset v3: %q, want Reconciled False naming v3", status)
 	}
 	t.Logf("status written by %s: %s", survivor, status)
+}
+
+// installOutOfCluster applies the install manifests (CRDs, RBAC, webhook
+// configurations) for a palisaded outside the cluster whose webhooks are at
+// webhookAddr, as palisadectl install --webhook-url renders them.
+func installOutOfCluster(t *testing.T, c *kube.Cluster, webhookAddr string) {
+	t.Helper()
+	manifests, err := deploy.Render(deploy.Options{WebhookURL: "https://" + webhookAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Kubectl(t, string(manifests), "apply", "--server-side", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply of the install manifests: %v\n%s", err, out)
+	}
+	if out, err := c.Kubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"); err != nil {
+		t.Fatalf("waiting for the CRDs: %v\n%s", err, out)
+	}
+}
+
+// kubePod is a pod of service account reviews with one application container.
+func kubePod(namespace, name string, labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
+		Spec:       corev1.PodSpec{ServiceAccountName: "reviews", Containers: []corev1.Container{{Name: "app", Image: "reviews:v1"}}},
+	}
+}
+
+// agentContainers counts the palisade-agent containers of a pod (a native sidecar
+// or a plain container).
+func agentContainers(p *corev1.Pod) int {
+	n := 0
+	for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+		if c.Name == webhook.AgentContainerName {
+			n++
+		}
+	}
+	return n
+}
+
+// TestKubeWebhooksAndIdentity: palisaded's admission webhooks, registered by the
+// install manifests without a caBundle (palisaded patches it), inject pods of
+// labelled namespaces only, once, honouring the opt-out, and refuse invalid
+// configuration at kubectl apply; an agent with a pod's service-account token gets
+// exactly that service account's identity.
+func TestKubeWebhooksAndIdentity(t *testing.T) {
+	t.Parallel()
+	c := newKubeCluster(t)
+	webhookAddr := freeAddr(t)
+	installOutOfCluster(t, c, webhookAddr)
+	d := startKubePalisaded(t, c, "palisaded-0", webhookAddr)
+	ctx := context.Background()
+
+	// The leader patches the caBundle palisaded's webhooks are verified with.
+	if err := poll(20*time.Second, func() bool {
+		m, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, webhook.MutatingConfigurationName, metav1.GetOptions{})
+		return err == nil && len(m.Webhooks) > 0 && len(m.Webhooks[0].ClientConfig.CABundle) > 0
+	}); err != nil {
+		t.Fatalf("palisaded did not patch the caBundle of %s: %v", webhook.MutatingConfigurationName, err)
+	}
+	for ns, labels := range map[string]map[string]string{"shop": {webhook.NamespaceLabel: webhook.NamespaceLabelEnabled}, "plain": nil} {
+		if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reviews"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Registration takes effect asynchronously: retry the first creation briefly.
+	var injected *corev1.Pod
+	if err := poll(20*time.Second, func() bool {
+		pod := kubePod("shop", "", nil)
+		pod.GenerateName = "reviews-" // as a ReplicaSet names its pods
+		p, err := c.Client.CoreV1().Pods("shop").Create(ctx, pod, metav1.CreateOptions{})
+		if err == nil && agentContainers(p) == 1 {
+			injected = p
+			return true
+		}
+		return false
+	}); err != nil {
+		t.Fatal("no pod created in a labelled namespace was injected")
+	}
+	if injected.Annotations[webhook.StatusAnnotation] == "" {
+		t.Errorf("injected pod has no %s annotation", webhook.StatusAnnotation)
+	}
+	var audience string
+	for _, v := range injected.Spec.Volumes {
+		if v.Projected != nil {
+			for _, s := range v.Projected.Sources {
+				if s.ServiceAccountToken != nil {
+					audience = s.ServiceAccountToken.Audience
+				}
+			}
+		}
+	}
+	if audience != "palisade" {
+		t.Errorf("injected pod's projected token audience %q, want palisade", audience)
+	}
+	for _, tc := range []struct {
+		name string
+		pod  *corev1.Pod
+		want int
+	}{
+		{"unlabelled namespace", kubePod("plain", "plain-pod", nil), 0},
+		{"opted out", kubePod("shop", "opted-out", map[string]string{webhook.InjectKey: "false"}), 0},
+		{"already injected, applied again", func() *corev1.Pod {
+			p := injected.DeepCopy()
+			p.ObjectMeta = metav1.ObjectMeta{Name: "again", Namespace: "shop", Annotations: injected.Annotations}
+			return p
+		}(), 1},
+	} {
+		p, err := c.Client.CoreV1().Pods(tc.pod.Namespace).Create(ctx, tc.pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := agentContainers(p); got != tc.want {
+			t.Errorf("%s: %d palisade-agent containers, want %d", tc.name, got, tc.want)
+		}
+	}
+
+	// Invalid configuration is refused at kubectl apply, naming the field.
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"VirtualService without a destination host", `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {subset: v1}
+`, "spec.http[0].route[0].destination.host"},
+		{"RegoPolicy that does not compile", `apiVersion: policy.palisade.dev/v1alpha1
+kind: RegoPolicy
+metadata: {name: broken, namespace: default}
+spec:
+  rego: |
+    package x
+
+    allow if {
+      input.attributes.request.http.method ==
+    }
+`, "spec.rego: line"},
+	} {
+		out, err := c.Kubectl(t, tc.yaml, "apply", "-f", "-")
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: kubectl apply = %v\n%s\nwant a refusal naming %s", tc.name, err, out, tc.want)
+		} else {
+			t.Logf("%s refused: %s", tc.name, strings.TrimSpace(out))
+		}
+	}
+
+	// A pod's service-account token (audience palisade) gets exactly its identity.
+	token := func(audience string) string {
+		req, err := c.Client.CoreV1().ServiceAccounts("shop").CreateToken(ctx, "reviews", &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return req.Status.Token
+	}
+	dir := t.TempDir()
+	writeFile(t, dir, "token", token("palisade"))
+	a := runAgent(t, d, dir, "spiffe://cluster.local/ns/shop/sa/reviews", filepath.Join(dir, "token"), time.Hour)
+	if err := poll(20*time.Second, func() bool { return a.leaf() != nil }); err != nil {
+		t.Fatalf("the agent with the service-account token got no certificate:\n%s", a.out.String())
+	}
+	if uris := a.leaf().URIs; len(uris) != 1 || uris[0].String() != "spiffe://cluster.local/ns/shop/sa/reviews" {
+		t.Errorf("certificate URIs %v, want exactly spiffe://cluster.local/ns/shop/sa/reviews", uris)
+	}
+	for name, tc := range map[string]struct{ id, token string }{
+		"another identity": {"spiffe://cluster.local/ns/shop/sa/ratings", token("palisade")},
+		"another audience": {"spiffe://cluster.local/ns/shop/sa/reviews", token("vault")},
+	} {
+		dir := t.TempDir()
+		writeFile(t, dir, "token", tc.token)
+		refused := runAgent(t, d, dir, tc.id, filepath.Join(dir, "token"), time.Hour)
+		time.Sleep(3 * time.Second) // the agent retries; it must never get a certificate
+		if refused.leaf() != nil {
+			t.Errorf("%s: the agent got a certificate", name)
+		}
+	}
+	if !strings.Contains(d.Output(), "rejected") {
+		t.Errorf("palisaded did not log the refused token")
+	}
 }

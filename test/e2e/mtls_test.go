@@ -84,8 +84,18 @@ func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration, extra
 	if err != nil {
 		t.Fatalf("palisadectl identity token create: %v", err)
 	}
-	tokenFile := filepath.Join(dir, "token")
 	writeFile(t, dir, "token", string(token))
+	a := runAgent(t, d, dir, id, filepath.Join(dir, "token"), ttl, extra...)
+	if err := poll(15*time.Second, func() bool { return a.leaf() != nil }); err != nil {
+		t.Fatalf("agent for %s wrote no certificate: %v\n%s", id, err, a.out.String())
+	}
+	return a
+}
+
+// runAgent starts palisade-agent for the identity id with the token in tokenFile
+// (a bootstrap token or a Kubernetes service-account token), its files under dir.
+func runAgent(t *testing.T, d *daemon, dir, id, tokenFile string, ttl time.Duration, extra ...string) *agent {
+	t.Helper()
 	a := &agent{CertDir: filepath.Join(dir, "certs"), Socket: filepath.Join(dir, "agent.sock"), out: &syncbuf.Buffer{}}
 	cmd := exec.Command(agentBin, "--ca-address", d.CAAddr, "--ca-bundle", filepath.Join(d.DataDir, "root-cert.pem"),
 		"--spiffe-id", id, "--token-file", tokenFile, "--socket", a.Socket,
@@ -107,9 +117,6 @@ func startAgent(t *testing.T, d *daemon, ns, sa string, ttl time.Duration, extra
 			t.Logf("--- palisade-agent %s output ---\n%s", id, a.out.String())
 		}
 	})
-	if err := poll(15*time.Second, func() bool { return a.leaf() != nil }); err != nil {
-		t.Fatalf("agent for %s wrote no certificate: %v\n%s", id, err, a.out.String())
-	}
 	return a
 }
 
