@@ -26,6 +26,7 @@ func commands() []command {
 		{"authz", "explain the decision the mesh's policies make for a request (authz explain)", runAuthz},
 		{"policy", "run a Rego policy bundle's tests with the mesh library loaded (policy test)", runPolicy},
 		{"identity", "create bootstrap tokens for workload identities (identity token create)", runIdentity},
+		{"install", "print or apply the manifests that install Palisade on Kubernetes", runInstall},
 		{"version", "print the version", runVersion},
 	}
 }
