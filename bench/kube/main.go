@@ -38,9 +38,10 @@ func main() {
 	clients := flag.Int("clients", 100, "proxyless ADS clients, each subscribed to every service")
 	changes := flag.Int("changes", 100, "EndpointSlice changes to time")
 	binary := flag.String("palisaded", "", "palisaded binary (default: build ./cmd/palisaded)")
+	cpuProfile := flag.String("cpu-profile", "", "write a CPU profile of palisaded during the first 10 s of changes here")
 	extra := flag.String("palisaded-flags", "", "more flags for palisaded, space separated (e.g. \"--memory-limit 250MiB\")")
 	flag.Parse()
-	if err := run(*services, *podsPerService, *clients, *changes, *binary, strings.Fields(*extra)); err != nil {
+	if err := run(*services, *podsPerService, *clients, *changes, *binary, *cpuProfile, strings.Fields(*extra)); err != nil {
 		fmt.Fprintln(os.Stderr, "kube-bench:", err)
 		os.Exit(1)
 	}
@@ -48,7 +49,7 @@ func main() {
 
 func host(i int) string { return fmt.Sprintf("svc%d.default.svc.cluster.local", i) }
 
-func run(services, podsPerService, clients, changes int, binary string, extraFlags []string) error {
+func run(services, podsPerService, clients, changes int, binary, cpuProfile string, extraFlags []string) error {
 	dir, err := os.MkdirTemp("", "kube-bench-")
 	if err != nil {
 		return err
@@ -123,6 +124,12 @@ func run(services, podsPerService, clients, changes int, binary string, extraFla
 	}
 	fmt.Printf("%d clients have the full config (%d resources each)\n", clients, cs[0].Resources.Load())
 
+	profiled := make(chan error, 1)
+	if cpuProfile != "" {
+		go func() { profiled <- proc.Fetch("http://"+p.MonAddr+"/debug/pprof/profile?seconds=10", cpuProfile) }()
+	} else {
+		profiled <- nil
+	}
 	slices := client.DiscoveryV1().EndpointSlices("default")
 	var latencies []time.Duration
 	for n := range changes {
@@ -154,6 +161,9 @@ func run(services, podsPerService, clients, changes int, binary string, extraFla
 		if (n+1)%10 == 0 {
 			fmt.Printf("%d changes: median %v, p99 %v so far\n", n+1, proc.Median(latencies).Round(time.Millisecond), proc.Percentile(latencies, 0.99).Round(time.Millisecond))
 		}
+	}
+	if err := <-profiled; err != nil {
+		return fmt.Errorf("CPU profile: %w", err)
 	}
 	peak, err := proc.Status(p.Cmd.Process.Pid, "VmHWM")
 	if err != nil {

@@ -616,19 +616,32 @@ const deltaBaseKey = ""
 
 // answerDelta sends the resources whose version differs from what the client has,
 // and the removal of those it may have that no longer exist. A NACKed version counts
-// as had: it is not resent until it changes.
+// as had: it is not resent until it changes. A client that has a generation of its
+// view is answered from what changed since then alone, so a change costs each client
+// the size of the change, not of its subscription.
 func (c *Cache) answerDelta(g *generated, k viewKey, w *watch) bool {
 	typeURL := w.delta.GetTypeUrl()
-	entries := g.selected(typeURL, w.sub, w.proxy.Kind)
 	had := c.deltaKnowledge(g, k, w, typeURL)
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}
+	subscribed := w.sub.SubscribedResources()
+	mayHave := had.mayHave()
+	var entries []*entry
+	if had.based && !had.staleServerListeners {
+		for _, name := range mayHave {
+			_, asked := subscribed[name]
+			if e := g.lookup(typeURL, name, w.proxy.Kind); e != nil && (asked || w.sub.IsWildcard() && g.types[typeURL][name] != nil) {
+				entries = append(entries, e)
+			}
+		}
+	} else {
+		entries = g.selected(typeURL, w.sub, w.proxy.Kind)
+	}
 	for _, e := range entries {
 		if v, ok := had.version(e.name, e); !ok || v != e.version {
 			resp.Resources = append(resp.Resources, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.any})
 		}
 	}
-	subscribed := w.sub.SubscribedResources()
-	for _, name := range had.mayHave() {
+	for _, name := range mayHave {
 		if g.lookup(typeURL, name, w.proxy.Kind) != nil {
 			continue
 		}
@@ -639,8 +652,10 @@ func (c *Cache) answerDelta(g *generated, k viewKey, w *watch) bool {
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 {
 		return false
 	}
-	resp.SystemVersionInfo = sotwVersion(entries, w.sub)
-	next := map[string]string{deltaBaseKey: strconv.FormatUint(g.seq, 10) + "|" + k.variant()}
+	// The generation of the view the client then has, for /debug/syncz.
+	generation := strconv.FormatUint(g.seq, 10) + "|" + k.variant()
+	resp.SystemVersionInfo = generation
+	next := map[string]string{deltaBaseKey: generation}
 	w.deltaCh <- &cache.DeltaPassthroughResponse{DeltaRequest: w.delta, NextVersionMap: next, DeltaDiscoveryResponse: resp}
 	return true
 }
