@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO    ?= go
 
-.PHONY: run build test lint bench bench-go bench-xds bench-identity bench-authz fuzz demo
+.PHONY: run build test lint bench bench-go bench-xds bench-identity bench-authz bench-kube fuzz demo
 
 ## run: build and start palisaded on the example mesh (examples/mesh).
 run:
@@ -22,7 +22,7 @@ lint:
 
 ## bench: Go benchmarks (translation, serving, CA, agent), then the benchmark programs
 ## for xDS serving and identity (bench-identity --spire adds SPIRE as the baseline).
-bench: bench-go bench-xds bench-identity bench-authz
+bench: bench-go bench-xds bench-identity bench-authz bench-kube
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./xds/ ./xds/server/ ./identity/ ./identity/agent/ ./authz/
@@ -34,6 +34,11 @@ bench-identity:
 ## do-nothing floor, servers pinned to CPU 0 and the load to CPU 1 (about 10 minutes).
 bench-authz:
 	$(GO) run ./bench/authz
+
+## bench-kube: informer-to-xDS latency and RSS against a real kube-apiserver with
+## 1,000 Services / 5,000 Pods and 100 proxyless clients (about 2 minutes).
+bench-kube:
+	$(GO) run ./bench/kube
 
 bench-xds:
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind proxyless
