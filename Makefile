@@ -46,8 +46,9 @@ bench-xds:
 	$(GO) run ./bench/xds --services 1000 --clients 500 --kind sidecar --palisaded-flags "--memory-limit 250MiB"
 
 ## fuzz: a minute of each fuzzer. FuzzDecode (untrusted YAML), FuzzValidateCSR and
-## FuzzLoadFederatedBundle (untrusted CSRs and bundles) and FuzzInput (ext_authz
-## CheckRequests mapped to policy input) run coverage-guided.
+## FuzzLoadFederatedBundle (untrusted CSRs and bundles), FuzzInput (ext_authz
+## CheckRequests mapped to policy input) and FuzzAdmission (objects through the
+## injection and validation webhooks) run coverage-guided.
 ## FuzzGenerate (decode → model → translation → validation) runs from a test binary
 ## built without coverage: instrumenting the Envoy API packages slows coverage-guided
 ## runs to a few executions per second.
@@ -56,6 +57,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzValidateCSR -fuzztime 60s ./identity
 	$(GO) test -run '^$$' -fuzz FuzzLoadFederatedBundle -fuzztime 60s ./identity
 	$(GO) test -run '^$$' -fuzz FuzzInput -fuzztime 60s ./authz
+	$(GO) test -run '^$$' -fuzz FuzzAdmission -fuzztime 60s ./webhook
 	$(GO) test -c -o bin/xds.test ./xds
 	cd xds && ../bin/xds.test -test.run '^$$' -test.fuzz FuzzGenerate -test.fuzztime 60s -test.fuzzcachedir ../.cache/fuzz
 

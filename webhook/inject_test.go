@@ -28,7 +28,7 @@ var testValues = webhook.Values{
 }
 
 // newInjector returns an injector with testValues and cfg's other settings.
-func newInjector(t *testing.T, cfg webhook.InjectorConfig) *webhook.Injector {
+func newInjector(t testing.TB, cfg webhook.InjectorConfig) *webhook.Injector {
 	t.Helper()
 	if cfg.Values == (webhook.Values{}) {
 		cfg.Values = testValues

@@ -21,7 +21,7 @@ var typeMetaReview = metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "A
 
 // review sends req to h as the API server does and returns the response, after
 // checking that it is a well-formed AdmissionReview answering req.
-func review(t *testing.T, h http.Handler, req admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+func review(t testing.TB, h http.Handler, req admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	t.Helper()
 	req.UID = testUID
 	body, err := json.Marshal(admissionv1.AdmissionReview{
