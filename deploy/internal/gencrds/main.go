@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sigs.k8s.io/gateway-api/pkg/consts"
 	"slices"
 	"strings"
 
@@ -174,6 +175,11 @@ func addGatewayAPI(files map[string][]byte) error {
 		return fmt.Errorf("locating %s: %w: %s", gatewayAPIModule, err, stderr.String())
 	}
 	dir, version, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	// The module's own record of the bundle its CRDs are annotated with; importing it
+	// also keeps the module, which no other Go code imports, in go.mod.
+	if version != consts.BundleVersion {
+		return fmt.Errorf("%s: go list says %s, its consts.BundleVersion %s", gatewayAPIModule, version, consts.BundleVersion)
+	}
 	src := filepath.Join(dir, "config", "crd", "standard")
 	names, err := filepath.Glob(filepath.Join(src, "*.yaml"))
 	if err != nil {
