@@ -2,10 +2,10 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
+	sigsjson "sigs.k8s.io/json"
 	"slices"
 	"strconv"
 	"text/template"
@@ -144,7 +144,7 @@ func (i *Injector) decide(_ context.Context, req *admissionv1.AdmissionRequest) 
 		return allowed()
 	}
 	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &pod); err != nil {
 		i.results[resultError].Inc()
 		return denied(&metav1.Status{Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest,
 			Message: fmt.Sprintf("palisade sidecar injector: decoding the pod: %v", err)})

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	sigsjson "sigs.k8s.io/json"
 	"slices"
 	"strings"
 
@@ -49,11 +50,26 @@ func (i *Injector) patch(pod *corev1.Pod, raw []byte) ([]byte, string, error) {
 		}
 	}
 	var current podArrays
-	if err := json.Unmarshal(raw, &current); err != nil {
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &current); err != nil {
 		return nil, resultError, fmt.Errorf("decoding the pod: %w", err)
 	}
 
+	// A patch cannot add a member to an object that is not there: the API server
+	// sends pods with both, but a patch must apply to whatever it was made for.
+	var parts struct {
+		Metadata json.RawMessage `json:"metadata"`
+		Spec     json.RawMessage `json:"spec"`
+	}
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &parts); err != nil {
+		return nil, resultError, fmt.Errorf("decoding the pod: %w", err)
+	}
 	var ops []patchOp
+	for part, value := range map[string]json.RawMessage{"/metadata": parts.Metadata, "/spec": parts.Spec} {
+		if len(value) == 0 || string(value) == "null" {
+			ops = append(ops, patchOp{"add", part, map[string]any{}})
+		}
+	}
+	slices.SortFunc(ops, func(a, b patchOp) int { return strings.Compare(a.Path, b.Path) })
 	// Injected init containers go first: capture must be in place before the
 	// application's init containers run, and these have the mesh then.
 	if len(s.InitContainers) > 0 {

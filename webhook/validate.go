@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	sigsjson "sigs.k8s.io/json"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,12 +124,12 @@ func (v *Validator) decide(_ context.Context, req *admissionv1.AdmissionRequest)
 // byte as they came.
 func withNamespace(raw []byte, namespace string) ([]byte, bool, error) {
 	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil {
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &obj); err != nil {
 		return nil, false, fmt.Errorf("decoding the object: %w", err)
 	}
 	var meta map[string]json.RawMessage
 	if m := obj["metadata"]; len(m) > 0 {
-		if err := json.Unmarshal(m, &meta); err != nil {
+		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(m, &meta); err != nil {
 			return nil, false, fmt.Errorf("decoding the object's metadata: %w", err)
 		}
 	}
