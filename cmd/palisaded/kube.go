@@ -103,11 +103,11 @@ func newKubeClients(kubeconfig string, log *slog.Logger) (*kubeClients, error) {
 			rules := clientcmd.NewDefaultClientConfigLoadingRules()
 			cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
 		}
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else if cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+		return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+		return nil, fmt.Errorf("kubernetes client configuration (in-cluster, $KUBECONFIG or ~/.kube/config): %w", err)
 	}
 	// Informers list thousands of objects at start; the defaults (5 qps) would
 	// make the first snapshot and the status writes crawl.

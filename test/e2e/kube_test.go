@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/palisade-mesh/palisade/deploy"
@@ -460,5 +463,38 @@ spec:
 	}
 	if !strings.Contains(d.Output(), "rejected") {
 		t.Errorf("palisaded did not log the refused token")
+	}
+}
+
+// TestInstallArgsAreFlags: the palisaded binary accepts every argument the install
+// manifests' Deployment passes it (a renamed flag would otherwise surface only as a
+// crash-looping pod).
+func TestInstallArgsAreFlags(t *testing.T) {
+	t.Parallel()
+	objs, err := deploy.Objects(deploy.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range containers {
+			a, _, _ := unstructured.NestedStringSlice(c.(map[string]any), "args")
+			args = append(args, a...)
+		}
+	}
+	if !slices.Contains(args, "--source=kubernetes") {
+		t.Fatalf("the Deployment's args %v do not select the Kubernetes source", args)
+	}
+	// Past flag parsing, palisaded stops at the missing kubeconfig (exit 1, not the
+	// usage error's 2).
+	cmd := exec.Command(palisadedBin, append(args, "--kubeconfig", filepath.Join(t.TempDir(), "missing"), "--data-dir", t.TempDir())...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "kubeconfig") {
+		t.Fatalf("palisaded %v: %v\n%s\nwant exit 1 about the kubeconfig", args, err, out)
 	}
 }
