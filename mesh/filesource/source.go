@@ -91,11 +91,11 @@ type Source struct {
 
 	// Owned by Run's goroutine.
 	version uint64
-	served  []config.Object            // the objects of the last load, last good versions included
-	logged  map[config.Diagnostic]bool // the diagnostics of the last load, already logged
-	watched map[string]os.FileInfo     // directories watched, by path
-	loadErr string                     // the last error reading the directory, already logged
-	decoded decodeCache                // files decoded by the last load, by content
+	served  []config.Object // the objects of the last load, last good versions included
+	diagLog *config.DiagnosticLog
+	watched map[string]os.FileInfo // directories watched, by path
+	loadErr string                 // the last error reading the directory, already logged
+	decoded decodeCache            // files decoded by the last load, by content
 }
 
 // New creates a Source for cfg.Dir and registers its metrics.
@@ -106,13 +106,13 @@ func New(cfg Config) *Source {
 		publish:  cfg.Publish,
 		debounce: cfg.Debounce,
 		metrics:  newMetrics(cfg.Registerer),
-		logged:   map[config.Diagnostic]bool{},
 		watched:  map[string]os.FileInfo{},
 		decoded:  decodeCache{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.diagLog = config.NewDiagnosticLog(s.log)
 	if s.debounce <= 0 {
 		s.debounce = DefaultDebounce
 	}
@@ -221,7 +221,7 @@ func (s *Source) reload(w *fsnotify.Watcher) (rescan bool, err error) {
 			s.publish(snap)
 		}
 	}
-	s.logNew(snap.Diagnostics)
+	s.diagLog.LogNew(snap.Diagnostics)
 	s.log.Debug("config reloaded", "dir", s.dir, "changed", changed, "version", s.version)
 	return rescan, nil
 }
@@ -272,29 +272,4 @@ func (s *Source) watch(w *fsnotify.Watcher, dirs []dirInfo) (added bool) {
 		}
 	}
 	return added
-}
-
-// logNew logs the diagnostics that the previous load did not have, so that an
-// unchanged problem is logged once, not on every reload.
-func (s *Source) logNew(diags []config.Diagnostic) {
-	current := make(map[config.Diagnostic]bool, len(diags))
-	for _, d := range diags {
-		current[d] = true
-		if s.logged[d] {
-			continue
-		}
-		level := slog.LevelWarn
-		if d.Severity == config.SeverityError {
-			level = slog.LevelError
-		}
-		s.log.LogAttrs(context.Background(), level, "config problem",
-			slog.String("file", d.Source.File),
-			slog.Int("doc", d.Source.Index),
-			slog.String("kind", string(d.Object.Kind)),
-			slog.String("namespace", d.Object.Namespace),
-			slog.String("name", d.Object.Name),
-			slog.String("message", d.Message),
-		)
-	}
-	s.logged = current
 }

@@ -118,7 +118,7 @@ type Source struct {
 	version      uint64
 	served       map[string]proto.Message // the specs of the last snapshot, by source name
 	buildDiags   []config.Diagnostic      // mesh.Build's diagnostics of the last snapshot
-	logged       map[config.Diagnostic]bool
+	diagLog      *config.DiagnosticLog
 }
 
 // New creates a Source and registers its metrics.
@@ -140,11 +140,11 @@ func New(cfg Config) *Source {
 		services:     map[types.NamespacedName]*serviceState{},
 		podServices:  map[types.NamespacedName][]types.NamespacedName{},
 		nodeServices: map[string][]types.NamespacedName{},
-		logged:       map[config.Diagnostic]bool{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.diagLog = config.NewDiagnosticLog(s.log)
 	if s.debounce <= 0 {
 		s.debounce = DefaultDebounce
 	}
@@ -296,7 +296,7 @@ func (s *Source) rebuild(ctx context.Context, first bool) {
 			s.publish(snap)
 		}
 	}
-	s.logNew(diags)
+	s.diagLog.LogNew(diags)
 	if s.reportStatus != nil && (changed || resourcesChanged) {
 		s.reportStatus(s.statuses(diags))
 	}
@@ -364,28 +364,4 @@ func (s *Source) statuses(diags []config.Diagnostic) []ObjectStatus {
 		})
 	}
 	return out
-}
-
-// logNew logs the diagnostics that the previous rebuild did not have, so that an
-// unchanged problem is logged once, not on every rebuild.
-func (s *Source) logNew(diags []config.Diagnostic) {
-	current := make(map[config.Diagnostic]bool, len(diags))
-	for _, d := range diags {
-		current[d] = true
-		if s.logged[d] {
-			continue
-		}
-		level := slog.LevelWarn
-		if d.Severity == config.SeverityError {
-			level = slog.LevelError
-		}
-		s.log.LogAttrs(context.Background(), level, "config problem",
-			slog.String("object", d.Source.File),
-			slog.String("kind", string(d.Object.Kind)),
-			slog.String("namespace", d.Object.Namespace),
-			slog.String("name", d.Object.Name),
-			slog.String("message", d.Message),
-		)
-	}
-	s.logged = current
 }
