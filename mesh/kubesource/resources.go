@@ -57,25 +57,40 @@ func convertResource(prev *customResource, k crdKind, gvr schema.GroupVersionRes
 	}
 	src := k.objectSource(r.namespace, r.name)
 	objs, diags := decodeResource(src, u)
-	r.diags = diags
-	if len(objs) == 1 {
-		r.served = objs[0]
-		if prev != nil && prev.served.Spec != nil && proto.Equal(prev.served.Spec, r.served.Spec) {
-			r.served.Spec = prev.served.Spec
-		}
-		return r
+	var next config.Object
+	if r.invalid = len(objs) != 1; !r.invalid {
+		next = objs[0]
 	}
-	r.invalid = true
-	if prev != nil && prev.served.Spec != nil {
-		r.served = prev.served
-		r.diags = append(r.diags, config.Diagnostic{
+	var previous config.Object
+	if prev != nil {
+		previous = prev.served
+	}
+	var kept []config.Diagnostic
+	r.served, kept = lastGood(previous, next, src)
+	r.diags = append(diags, kept...)
+	return r
+}
+
+// lastGood chooses what to serve for an object's new version next (a zero Object
+// when that version is invalid), given what was served before, prev: next when it
+// is valid, with prev's Spec when the two are equal, so that mesh.BuildFrom reuses
+// what it built from it; else prev, if there was one, with a warning saying so.
+func lastGood(prev, next config.Object, src config.Source) (config.Object, []config.Diagnostic) {
+	switch {
+	case next.Spec != nil:
+		if prev.Spec != nil && proto.Equal(prev.Spec, next.Spec) {
+			next.Spec = prev.Spec
+		}
+		return next, nil
+	case prev.Spec != nil:
+		return prev, []config.Diagnostic{{
 			Severity: config.SeverityWarning,
 			Source:   src,
-			Object:   r.served.Key,
+			Object:   prev.Key,
 			Message:  "this version is invalid, so the last valid version is still served",
-		})
+		}}
 	}
-	return r
+	return config.Object{}, nil
 }
 
 func decodeResource(src config.Source, u *unstructured.Unstructured) ([]config.Object, []config.Diagnostic) {

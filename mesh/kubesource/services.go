@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 
-	"google.golang.org/protobuf/proto"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -51,9 +50,9 @@ func (s *Source) updateService(key types.NamespacedName) {
 		Source: serviceSource(key.Namespace, key.Name),
 		Spec:   spec,
 	}
-	var lastGood config.Object
+	var prev config.Object
 	if old != nil {
-		lastGood = old.served
+		prev = old.served
 	}
 	if err := config.Validate(obj); err != nil {
 		st.invalid = true
@@ -61,19 +60,11 @@ func (s *Source) updateService(key types.NamespacedName) {
 			Severity: config.SeverityError, Source: obj.Source, Object: obj.Key,
 			Message: fmt.Sprintf("the Service cannot be served as a ServiceEntry: %v", err),
 		}}
-		if lastGood.Spec != nil {
-			st.served = lastGood
-			st.diags = append(st.diags, config.Diagnostic{
-				Severity: config.SeverityWarning, Source: obj.Source, Object: obj.Key,
-				Message: "the last valid version is still served",
-			})
-		}
-		return
+		obj = config.Object{}
 	}
-	st.served = obj
-	if lastGood.Spec != nil && proto.Equal(lastGood.Spec, spec) {
-		st.served = lastGood
-	}
+	var kept []config.Diagnostic
+	st.served, kept = lastGood(prev, obj, serviceSource(key.Namespace, key.Name))
+	st.diags = append(st.diags, kept...)
 }
 
 // index records the pods and nodes a Service's conversion read; unindex forgets them.
