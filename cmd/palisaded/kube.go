@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -140,30 +139,27 @@ func tokenReviewer(k *kubeClients, td spiffeid.TrustDomain, audience string) (*k
 // kubeService is what palisaded runs for Kubernetes besides the common pipeline.
 type kubeService struct {
 	source  *kubesource.Source
-	status  *kubesource.StatusWriter
-	webhook *webhook.Server
-	leader  atomic.Bool
 	runners []func(context.Context) error
 }
 
 // newKubeService wires the Kubernetes source, the webhooks and the leader's work.
 func newKubeService(k *kubeClients, o kubeOptions, ids *identityService, trustDomain string, log *slog.Logger, reg prometheus.Registerer, publish func(*mesh.Snapshot)) (*kubeService, error) {
 	s := &kubeService{}
-	s.status = kubesource.NewStatusWriter(kubesource.StatusConfig{Dynamic: k.dynamic, Logger: log, Registerer: reg})
+	status := kubesource.NewStatusWriter(kubesource.StatusConfig{Dynamic: k.dynamic, Logger: log, Registerer: reg})
 	s.source = kubesource.New(kubesource.Config{
 		Client: k.core, Dynamic: k.dynamic, Extensions: k.extensions,
-		Logger: log, Registerer: reg, Publish: publish, ReportStatus: s.status.Update,
+		Logger: log, Registerer: reg, Publish: publish, ReportStatus: status.Update,
 	})
 	s.runners = append(s.runners, s.source.Run)
 
 	leaderWork := []func(context.Context) error{
-		s.status.Run,
+		status.Run,
 		func(ctx context.Context) error {
 			return kubeca.PublishRoots(ctx, kubeca.RootsConfig{Client: k.core, Roots: ids.ca.RootsPEM, Changed: ids.ca.Changed, Logger: log})
 		},
 	}
 	if o.webhookAddress != "" {
-		svc := "palisaded." + o.namespace + ".svc"
+		svc := o.serviceHost()
 		values := webhook.Values{
 			TrustDomain: trustDomain, AgentImage: o.agentImage, ProxyImage: o.proxyImage,
 			CAAddress: orDefault(o.injectCAAddress, svc+":15012"), XDSAddress: orDefault(o.injectXDSAddress, svc+":15010"),
@@ -185,35 +181,38 @@ func newKubeService(k *kubeClients, o kubeOptions, ids *identityService, trustDo
 		if err != nil {
 			return nil, err
 		}
-		s.webhook, err = webhook.NewServer(webhook.ServerConfig{
+		server, err := webhook.NewServer(webhook.ServerConfig{
 			Address: o.webhookAddress, GetCertificate: ids.api.ServingCertificate,
 			Injector: injector, Validator: validator, Logger: log,
 		})
 		if err != nil {
 			return nil, err
 		}
-		l, err := s.webhook.Listen()
+		l, err := server.Listen()
 		if err != nil {
 			return nil, err
 		}
-		s.runners = append(s.runners, func(ctx context.Context) error { return s.webhook.Serve(ctx, l) })
+		s.runners = append(s.runners, func(ctx context.Context) error { return server.Serve(ctx, l) })
 		leaderWork = append(leaderWork, func(ctx context.Context) error {
 			return webhook.KeepCABundle(ctx, webhook.KeepConfig{Client: k.core, CABundle: ids.ca.RootsPEM, Logger: log})
 		})
 	}
 	if !o.leaderElect {
-		s.leader.Store(true)
 		s.runners = append(s.runners, leaderWork...)
 		return s, nil
 	}
 	s.runners = append(s.runners, func(ctx context.Context) error {
 		return runAsLeader(ctx, leaderConfig{
 			Client: k.core, Namespace: o.namespace, Identity: o.podName,
-			LeaseDuration: o.leaseDuration, Logger: log, Leader: &s.leader,
+			LeaseDuration: o.leaseDuration, Logger: log,
 		}, leaderWork)
 	})
 	return s, nil
 }
+
+// serviceHost is the name palisaded's Service (of the install manifests) has in the
+// cluster's DNS.
+func (o kubeOptions) serviceHost() string { return "palisaded." + o.namespace + ".svc" }
 
 func orDefault(v, def string) string {
 	if v == "" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,8 +24,6 @@ type leaderConfig struct {
 	// (killed, partitioned) keeps it; renewals come every LeaseDuration/7.
 	LeaseDuration time.Duration
 	Logger        *slog.Logger
-	// Leader is set while this replica leads.
-	Leader *atomic.Bool
 }
 
 // runAsLeader runs work, the singleton tasks of the mesh (status, webhook caBundle,
@@ -49,7 +46,6 @@ func runAsLeader(ctx context.Context, cfg leaderConfig, work []func(context.Cont
 			Name:            leaseName,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(ctx context.Context) {
-					cfg.Leader.Store(true)
 					cfg.Logger.Info("leading: running the singleton work", "lease", cfg.Namespace+"/"+leaseName, "identity", cfg.Identity)
 					var wg sync.WaitGroup
 					for _, w := range work {
@@ -62,7 +58,6 @@ func runAsLeader(ctx context.Context, cfg leaderConfig, work []func(context.Cont
 					wg.Wait()
 				},
 				OnStoppedLeading: func() {
-					cfg.Leader.Store(false)
 					cfg.Logger.Info("not leading", "lease", cfg.Namespace+"/"+leaseName, "identity", cfg.Identity)
 				},
 				OnNewLeader: func(id string) {

@@ -127,9 +127,9 @@ func parseBytes(s string) (int64, error) {
 	return n * factor, nil
 }
 
-// configSource is what palisaded needs of a config source besides its Publish.
+// configSource is what palisaded asks a config source besides running it and
+// taking its snapshots.
 type configSource interface {
-	Run(ctx context.Context) error
 	Diagnostics() []config.Diagnostic
 }
 
@@ -147,7 +147,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		o.identity.kube, o.identity.kubeNamespace, o.identity.tokenAudience = kube, o.kube.namespace, o.kube.tokenAudience
 		if len(o.kube.webhookDNSNames) == 0 {
-			o.kube.webhookDNSNames = multiFlag{"palisaded." + o.kube.namespace + ".svc"}
+			o.kube.webhookDNSNames = multiFlag{o.kube.serviceHost()}
 		}
 		// The webhooks present palisaded's serving certificate.
 		o.identity.dnsNames = append(o.identity.dnsNames, o.kube.webhookDNSNames...)
