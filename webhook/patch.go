@@ -64,12 +64,14 @@ func (i *Injector) patch(pod *corev1.Pod, raw []byte) ([]byte, string, error) {
 		return nil, resultError, fmt.Errorf("decoding the pod: %w", err)
 	}
 	var ops []patchOp
-	for part, value := range map[string]json.RawMessage{"/metadata": parts.Metadata, "/spec": parts.Spec} {
-		if len(value) == 0 || string(value) == "null" {
-			ops = append(ops, patchOp{"add", part, map[string]any{}})
+	for _, part := range []struct {
+		path  string
+		value json.RawMessage
+	}{{"/metadata", parts.Metadata}, {"/spec", parts.Spec}} {
+		if len(part.value) == 0 || string(part.value) == "null" {
+			ops = append(ops, patchOp{"add", part.path, map[string]any{}})
 		}
 	}
-	slices.SortFunc(ops, func(a, b patchOp) int { return strings.Compare(a.Path, b.Path) })
 	// Injected init containers go first: capture must be in place before the
 	// application's init containers run, and these have the mesh then.
 	if len(s.InitContainers) > 0 {
