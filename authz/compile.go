@@ -30,14 +30,14 @@ import (
 // request only pays for the comparisons themselves.
 //
 // What the library does once per request whatever the policies (the request's
-// attributes: source_principal, path, host_forms, ...), the JWT handling
-// (RequestAuthentication: extraction, validation, request.auth, its reasons and
-// headers) and RegoPolicies' verdicts (mesh.verdict, effect, ...) are not
-// rewritten: the module calls them in the library, so there is one implementation
-// of those semantics. What is rewritten mirrors the library rule for rule:
-// authz.rego's matching, and decision.rego's steps, whose objects (denial(),
-// allowed, action_reasons()) are written out because calls and comprehensions are
-// what a decision costs. TestCompiledDecisionEqualsLibrary checks the two against
+// attributes: source_principal, path, host_forms, ...) and RegoPolicies' verdicts
+// (mesh.verdict, effect, ...) are not rewritten: the module calls them in the
+// library, so there is one implementation of those semantics. What is rewritten
+// mirrors the library rule for rule: authz.rego's matching, decision.rego's steps,
+// whose objects (denial(), allowed, action_reasons()) are written out because calls
+// and comprehensions are what a decision costs, and jwt.rego's token handling for
+// the jwtRules that apply (the library selects them and reads their fields on
+// every request, which cost more than the rest of a decision). TestCompiledDecisionEqualsLibrary checks the two against
 // each other on random requests, deep-equal decision for decision.
 
 // WorkloadKey is a called workload as the ext_authz server learns it from the
@@ -81,7 +81,7 @@ func compareKeys(a, b WorkloadKey) int {
 // Policy builds for the same snapshot. Workloads using something it does not
 // compile (see compileWorkload) are left out: they use the library. The result is a
 // pure function of its arguments (same snapshot, same text).
-func Compile(snap *mesh.Snapshot, workloads []WorkloadKey) (modules map[string]string, queries map[WorkloadKey]string) {
+func Compile(snap *mesh.Snapshot, workloads []WorkloadKey, jwks JWKSSource) (modules map[string]string, queries map[WorkloadKey]string) {
 	modules, queries = map[string]string{}, map[WorkloadKey]string{}
 	if snap == nil {
 		return modules, queries
@@ -96,7 +96,7 @@ func Compile(snap *mesh.Snapshot, workloads []WorkloadKey) (modules map[string]s
 		if _, taken := owner[pkg]; taken {
 			continue // two keys with the same short hash: the later one uses the library
 		}
-		text, err := compileWorkload(snap, placed, k, pkg)
+		text, err := compileWorkload(snap, placed, k, pkg, jwks)
 		if err != nil {
 			continue
 		}
@@ -193,7 +193,7 @@ type regoApplied struct {
 // versions of the API add), or a condition key authz.rego does not read. The
 // library's answer for those is "never matches", a rule the generator would have
 // to track as the library grows; the library itself is the safer judge of them.
-func compileWorkload(snap *mesh.Snapshot, placed map[config.Key]bool, k WorkloadKey, pkg string) (string, error) {
+func compileWorkload(snap *mesh.Snapshot, placed map[config.Key]bool, k WorkloadKey, pkg string, jwks JWKSSource) (string, error) {
 	labels := decodeLabels(k.Labels)
 	var policies []applied
 	for _, p := range snap.AuthorizationPolicies {
@@ -210,10 +210,19 @@ func compileWorkload(snap *mesh.Snapshot, placed map[config.Key]bool, k Workload
 	for i := range policies {
 		policies[i].index = i
 	}
-	requestAuthn := false
+	// The jwtRules of the RequestAuthentications that apply, in the library's order
+	// of their keys [NS/NAME, index], with the JWKS Policy puts in the data.
+	var jwtRules []jwtRule
+	var jwtPolicies []string
 	for _, p := range snap.RequestAuthentications {
-		requestAuthn = requestAuthn || p.AppliesTo(k.Namespace, labels)
+		if p.AppliesTo(k.Namespace, labels) {
+			jwtPolicies = append(jwtPolicies, p.Key.Namespace+"/"+p.Key.Name)
+			for i, r := range withFetchedJWKS(p.Spec, jwks).GetJwtRules() {
+				jwtRules = append(jwtRules, jwtRule{id: p.Key.Namespace + "/" + p.Key.Name, index: i, rule: r})
+			}
+		}
 	}
+	slices.SortFunc(jwtRules, func(a, b jwtRule) int { return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.index, b.index)) })
 	var regos []regoApplied
 	for _, p := range snap.RegoPolicies {
 		if placed[p.Key] && p.AppliesTo(k.Namespace, labels) {
@@ -228,7 +237,7 @@ func compileWorkload(snap *mesh.Snapshot, placed map[config.Key]bool, k Workload
 		regos[i].verdict = fmt.Sprintf("verdict_%d", i)
 	}
 
-	g := &generator{requestAuthn: requestAuthn, imports: map[string]bool{}, attrs: map[string]string{}}
+	g := &generator{requestAuthn: len(jwtPolicies) > 0, jwtRules: jwtRules, jwtPolicies: jwtPolicies, imports: map[string]bool{}, attrs: map[string]string{}}
 	g.module(policies, regos)
 	if g.err != nil {
 		return "", g.err
@@ -339,6 +348,8 @@ func attributeOf(key string) (kind attrKind, arg []string, ok bool) {
 
 type generator struct {
 	requestAuthn bool            // a RequestAuthentication applies
+	jwtRules     []jwtRule       // their rules
+	jwtPolicies  []string        // "NS/NAME" of the RequestAuthentications that apply
 	body         strings.Builder // the rules, after the header
 	helpers      strings.Builder // helper rules (disjunctions), written last
 	imports      map[string]bool // library packages referred to
@@ -970,7 +981,7 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 	// The reasons of each step, as decision.rego concatenates them.
 	var jwtReasons, customReasons, auditReasons, regoReasons []string
 	if g.requestAuthn {
-		jwtReasons = []string{g.ref("jwt", "reasons")}
+		jwtReasons = []string{"jwt_reasons"}
 	}
 	if len(custom.can) > 0 {
 		customReasons = []string{"custom_reasons"}
@@ -1027,9 +1038,8 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 		}
 	}
 	if g.requestAuthn {
-		reason := g.ref("jwt", "reason")
-		branch("1. An invalid JWT denies (401).", denial("401", fmt.Sprintf(`{"www-authenticate": %s}`, g.ref("jwt", "www_authenticate")),
-			reason, reason, jwtReasons), g.ref("jwt", "denied"))
+		branch("1. An invalid JWT denies (401).", denial("401", `{"www-authenticate": jwt_www_authenticate}`,
+			"jwt_reason", "jwt_reason", jwtReasons), "jwt_denied")
 	}
 	if len(custom.can) > 0 {
 		branch("2. A matching CUSTOM policy whose provider denies.", denial(
@@ -1087,6 +1097,9 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 		g.added(verdicts)
 	}
 	g.regoPolicies(regos, plain, custom.can)
+	if g.requestAuthn {
+		g.jwt()
+	}
 	g.attributes()
 }
 
@@ -1128,8 +1141,8 @@ func (g *generator) added(verdicts bool) {
 	requestHeaders, toRemove := "{}", "set()"
 	var none []string
 	if g.requestAuthn {
-		requestHeaders, toRemove = g.ref("jwt", "request_headers"), g.ref("jwt", "request_headers_to_remove")
-		none = append(none, "not "+g.ref("jwt", "auth"))
+		requestHeaders, toRemove = "jwt_request_headers", "jwt_request_headers_to_remove"
+		none = append(none, "not jwt_auth")
 	}
 	if verdicts {
 		none = append(none, "count(allowing_verdicts) == 0")
@@ -1295,16 +1308,276 @@ func (g *generator) attributes() {
 	}
 	if g.uses["request_principal"] {
 		if g.requestAuthn {
-			fmt.Fprintf(&g.body, "request_principal := %s\n\n", g.ref("authz", "request_principal"))
+			g.body.WriteString("default request_principal := \"\"\n\nrequest_principal := jwt_auth.principal\n\n")
 		} else {
 			g.body.WriteString("request_principal := \"\"\n\n")
 		}
 	}
 	if g.uses["request_auth"] {
 		if g.requestAuthn {
-			fmt.Fprintf(&g.body, "request_auth := %s\n\n", g.ref("authz", "request_auth"))
+			g.body.WriteString("request_auth := jwt_auth\n\n")
 		} else {
 			g.body.WriteString("request_auth := {}\n\n")
 		}
 	}
+}
+
+// ---------------------------------------------------------------------------
+// RequestAuthentication.
+
+// jwtRule is jwtRules[index] of the applicable RequestAuthentication id ("NS/NAME"),
+// with a fetched JWKS inline.
+type jwtRule struct {
+	id    string
+	index int
+	rule  *security.JWTRule
+}
+
+// jwt writes jwt.rego's results (denied, reason, reasons, auth and the header
+// changes) as local rules jwt_*, for the rules that apply: the library's
+// "rules" selects them on every request, and its extraction reads every rule's
+// fields; here each place a token is read from is an expression of its own, and
+// each rule's verification a function with the rule's constants. The rules are
+// numbered in the library's order of their keys, which the reasons follow.
+func (g *generator) jwt() {
+	b := &g.body
+	b.WriteString("# ---------------------------------------------------------------------------\n# RequestAuthentication (jwt.rego) with the rules that apply written out.\n\n")
+
+	// jwt_extracted is jwt.rego's extracted: [TOKEN, RULE, WHERE].
+	var extracted []string
+	for k, r := range g.jwtRules {
+		for _, loc := range jwtLocations(r.rule) {
+			var where, bind string
+			switch {
+			case loc.header != "":
+				// jwt.header_token, inline: the value after the prefix, trimmed. The
+				// prefix is cut by bytes (trim_prefix), which is the library's cut by
+				// code points (substring from count(prefix)) of a string that starts
+				// with it, without converting the token to code points.
+				where = fmt.Sprintf(`{"header": %s}`, g.str(loc.header))
+				bind = fmt.Sprintf("{\n\th := input.attributes.request.http.headers[%s]\n\tstartswith(h, %s)\n\tt := trim_space(trim_prefix(h, %s))\n\tt != \"\"\n}",
+					g.str(loc.header), g.str(loc.prefix), g.str(loc.prefix))
+			case loc.param != "":
+				where = fmt.Sprintf(`{"param": %s}`, g.str(loc.param))
+				bind = fmt.Sprintf("{\n\tsome t in input.parsed_query[%s]\n\tt != \"\"\n}", g.str(loc.param))
+			default:
+				where = fmt.Sprintf(`{"cookie": %s}`, g.str(loc.cookie))
+				bind = fmt.Sprintf("some t in %s(%s)", g.ref("jwt", "cookie_tokens"), g.str(loc.cookie))
+			}
+			extracted = append(extracted, fmt.Sprintf("jwt_extracted contains [t, %d, %s] if %s\n\n", k, where, bind))
+		}
+	}
+	if len(extracted) == 0 {
+		b.WriteString("jwt_extracted := set()\n\n")
+	}
+	for _, e := range extracted {
+		b.WriteString(e)
+	}
+
+	// jwt_rules: what the generic rules below read of each rule.
+	rules := make([]string, len(g.jwtRules))
+	for k, r := range g.jwtRules {
+		claimHeaders := make([]string, len(r.rule.GetOutputClaimToHeaders()))
+		for i, h := range r.rule.GetOutputClaimToHeaders() {
+			claimHeaders[i] = fmt.Sprintf(`{"header": %s, "claim": %s}`, g.str(h.GetHeader()), g.str(h.GetClaim()))
+		}
+		// Every field in every rule, "" and false for none, so that OPA's type
+		// checker knows them all.
+		fields := []string{
+			fmt.Sprintf(`"id": %s`, g.str(r.id)),
+			fmt.Sprintf(`"issuer": %s`, g.str(r.rule.GetIssuer())),
+			fmt.Sprintf(`"forwardOriginalToken": %t`, r.rule.GetForwardOriginalToken()),
+			fmt.Sprintf(`"outputPayloadToHeader": %s`, g.str(r.rule.GetOutputPayloadToHeader())),
+			`"outputClaimToHeaders": [` + strings.Join(claimHeaders, ", ") + "]",
+		}
+		rules[k] = "\t{" + strings.Join(fields, ", ") + "},\n"
+	}
+	fmt.Fprintf(b, "jwt_rules := [\n%s]\n\n", strings.Join(rules, ""))
+
+	// jwt_valid is jwt.rego's valid: the verified claims of each token a rule
+	// reading the place it was found in accepts. A comprehension, so that it is
+	// computed once however it is read.
+	verifying := 0
+	for k, r := range g.jwtRules {
+		if r.rule.GetJwks() == "" {
+			// No JWKS (jwksUri not fetched): nothing verifies, as in the library.
+			continue
+		}
+		verifying++
+		g.jwtVerify(k, r.rule)
+	}
+	if verifying == 0 {
+		b.WriteString("jwt_valid := {}\n\n")
+	} else {
+		b.WriteString("jwt_valid := {t: claims |\n\tsome [t, k, _] in jwt_extracted\n\tclaims := jwt_verify(k, t)\n}\n\n")
+	}
+	b.WriteString(`jwt_found contains t if some [t, _, _] in jwt_extracted
+
+jwt_invalid contains t if {
+	some t in jwt_found
+	not jwt_valid[t]
+}
+
+jwt_denied if count(jwt_invalid) > 0
+
+jwt_auth := {
+	"principal": concat("/", [claims.iss, object.get(claims, "sub", "")]),
+	"audiences": ` + g.ref("jwt", "audiences") + `(claims),
+	"presenter": object.get(claims, "azp", ""),
+	"claims": claims,
+} if {
+	claims := jwt_valid[jwt_auth_token]
+}
+
+jwt_auth_token := sort(object.keys(jwt_valid))[0]
+
+# The denial: the first invalid token, its unverified claims, and the rules of its
+# issuer that read it.
+jwt_failed_token := sort(jwt_invalid)[0]
+
+jwt_failed_claims := claims if [_, claims, _] := io.jwt.decode(jwt_failed_token)
+
+jwt_failed_rules contains k if {
+	some [t, k, _] in jwt_extracted
+	t == jwt_failed_token
+	jwt_rules[k].issuer == jwt_failed_claims.iss
+}
+
+jwt_reason := "Jwt verification fails" if {
+	jwt_denied
+	count(jwt_failed_rules) > 0
+} else := "Jwt issuer is not configured" if {
+	jwt_denied
+	jwt_failed_claims
+} else := "Jwt verification fails" if jwt_denied
+
+default jwt_failed_issuer := ""
+
+jwt_failed_issuer := object.get(jwt_failed_claims, "iss", "")
+
+jwt_failed_policies contains jwt_rules[k].id if some k in jwt_failed_rules
+
+# jwt.rego's www_authenticate, from the three fields it reads, so that the module
+# reads no more of the request than it needs.
+jwt_www_authenticate := concat("", [
+	"Bearer realm=\"", jwt_scheme, "://", jwt_host, split(jwt_path, "?")[0],
+	"\", error=\"invalid_token\"",
+])
+
+default jwt_scheme := "http"
+
+jwt_scheme := input.attributes.request.http.scheme
+
+default jwt_host := ""
+
+jwt_host := input.attributes.request.http.host
+
+default jwt_path := "/"
+
+jwt_path := input.attributes.request.http.path
+
+`)
+	fmt.Fprintf(b, `jwt_failed_policies contains id if {
+	jwt_denied
+	count(jwt_failed_rules) == 0
+	some id in %s
+}
+
+`, g.strs(g.jwtPolicies))
+	b.WriteString(`jwt_validating_policies contains jwt_rules[k].id if {
+	some [t, k, _] in jwt_extracted
+	t == jwt_auth_token
+	jwt_rules[k].issuer == jwt_auth.claims.iss
+}
+
+# jwt.rego's reasons. Its "count(found) > 0" holds whenever a token is denied or
+# valid, so it is left out.
+default jwt_reasons := []
+
+jwt_reasons := [r |
+	some id in sort(jwt_failed_policies)
+	r := {"kind": "RequestAuthentication", "policy": id, "effect": "deny", "detail": jwt_reason, "issuer": jwt_failed_issuer}
+] if jwt_denied else := [r |
+	some id in sort(jwt_validating_policies)
+	r := {"kind": "RequestAuthentication", "policy": id, "effect": "allow", "principal": jwt_auth.principal, "detail": jwt_auth.principal}
+] if jwt_auth
+
+jwt_request_headers_to_remove contains name if {
+	some [t, k, {"header": name}] in jwt_extracted
+	jwt_valid[t]
+	not jwt_rules[k].forwardOriginalToken
+}
+
+jwt_request_headers[name] := split(t, ".")[1] if {
+	some [t, k, _] in jwt_extracted
+	t == jwt_auth_token
+	name := jwt_rules[k].outputPayloadToHeader
+	name != ""
+}
+
+jwt_request_headers[h.header] := value if {
+	some [t, k, _] in jwt_extracted
+	t == jwt_auth_token
+	some h in jwt_rules[k].outputClaimToHeaders
+	value := ` + g.ref("jwt", "claim_string") + `(jwt_valid[t][h.claim])
+}
+
+`)
+}
+
+// jwtLocation is a place a rule reads tokens from: a header (lower case, with the
+// prefix before the token), a query parameter or a cookie.
+type jwtLocation struct{ header, prefix, param, cookie string }
+
+// jwtLocations are the places r reads, as jwt.rego's extracted: its fromHeaders,
+// fromParams and fromCookies, or, when it names none, Istio's defaults.
+func jwtLocations(r *security.JWTRule) []jwtLocation {
+	if len(r.GetFromHeaders())+len(r.GetFromParams())+len(r.GetFromCookies()) == 0 {
+		return []jwtLocation{{header: "authorization", prefix: "Bearer "}, {param: "access_token"}}
+	}
+	var out []jwtLocation
+	for _, h := range r.GetFromHeaders() {
+		out = append(out, jwtLocation{header: strings.ToLower(h.GetName()), prefix: h.GetPrefix()})
+	}
+	for _, p := range r.GetFromParams() {
+		out = append(out, jwtLocation{param: p})
+	}
+	for _, c := range r.GetFromCookies() {
+		out = append(out, jwtLocation{cookie: c})
+	}
+	return out
+}
+
+// jwtVerify writes jwt_verify(K, token): the token's claims when rule K accepts
+// it (jwt.rego's verify, with the issuer check of valid). A rule with audiences
+// asks io.jwt.decode_verify for each of them, which reads nothing but its
+// verification cache for a token seen before; that equals the library's way
+// (decode for the issuer and audiences, then decode_verify with the token's first
+// audience, then the rule's audiences checked), since decode_verify accepts an
+// audience only when the token has it. A rule without audiences, or without an
+// issuer, takes the library's way.
+func (g *generator) jwtVerify(k int, r *security.JWTRule) {
+	rule := fmt.Sprintf(`{"issuer": %s, "jwks": %s, "audiences": %s}`, g.str(r.GetIssuer()), g.str(r.GetJwks()), g.strs(r.GetAudiences()))
+	if len(r.GetAudiences()) == 0 || r.GetIssuer() == "" {
+		fmt.Fprintf(&g.body, `jwt_verify(%d, t) := claims if {
+	[_, unverified, _] := io.jwt.decode(t)
+	unverified.iss == %s
+	[ok, _, claims] := io.jwt.decode_verify(t, %s(%s, unverified))
+	ok
+	%s(%s, claims)
+}
+
+`, k, g.str(r.GetIssuer()), g.ref("jwt", "constraints"), rule, g.ref("jwt", "audience_allowed"), rule)
+		return
+	}
+	aud, loop := g.str(r.GetAudiences()[0]), ""
+	if len(r.GetAudiences()) > 1 {
+		aud, loop = "aud", fmt.Sprintf("\tsome aud in %s\n", g.strs(r.GetAudiences()))
+	}
+	fmt.Fprintf(&g.body, `jwt_verify(%d, t) := claims if {
+%s	[ok, _, claims] := io.jwt.decode_verify(t, {"cert": %s, "iss": %s, "time": time.now_ns(), "aud": %s})
+	ok
+}
+
+`, k, loop, g.str(r.GetJwks()), g.str(r.GetIssuer()), aud)
 }

@@ -39,6 +39,15 @@ type compileScenario struct {
 	snap      *mesh.Snapshot
 	workloads []WorkloadKey
 	fallback  []WorkloadKey
+	jwks      JWKSSource // the JWKS palisaded fetched for jwksUris
+}
+
+// fetched is JWKS fetched for jwksUris, by URI.
+type fetched map[string]string
+
+func (f fetched) JWKS(uri string) (string, bool) {
+	jwks, ok := f[uri]
+	return jwks, ok
 }
 
 // signers sign the test's tokens: main is policygen's issuer
@@ -238,13 +247,17 @@ rego: "package x\n\nallow := \n"
 selector: {matchLabels: {app: edge}}
 jwtRules:
 - {issuer: https://auth.palisade.dev, jwks: '%s'}
-- {issuer: https://accounts.partner.example, jwksUri: https://partner.example/jwks}
+- {issuer: https://accounts.partner.example, jwksUri: https://partner.example/jwks, audiences: [api]}
+- {issuer: https://accounts.partner.example, jwksUri: https://partner.example/unfetched}
 `, s.main.JWKS())),
+		// A RequestAuthentication without rules: tokens are not looked for.
+		rawObject(t, config.KindRequestAuthentication, "edge", "no-rules", "selector: {matchLabels: {app: other}}"),
 	)
 	return compileScenario{
 		name: "edge", snap: snap,
 		workloads: []WorkloadKey{{"edge", "app=edge"}, {"edge", "app=edge,rego=undefined"}, {"edge", ""}, {"edge", "app=other"}},
 		fallback:  []WorkloadKey{{"edge", "app=sa"}, {"edge", "app=key"}},
+		jwks:      fetched{"https://partner.example/jwks": s.partner.JWKS()},
 	}
 }
 
@@ -426,10 +439,10 @@ type preparedPair struct {
 	modules map[string]string
 }
 
-func preparePair(t testing.TB, snap *mesh.Snapshot, workloads []WorkloadKey, tamper func(map[string]string)) preparedPair {
+func preparePair(t testing.TB, snap *mesh.Snapshot, workloads []WorkloadKey, jwks JWKSSource, tamper func(map[string]string)) preparedPair {
 	t.Helper()
-	p, _ := Policy(snap, nil)
-	modules, queries := Compile(snap, workloads)
+	p, _ := Policy(snap, jwks)
+	modules, queries := Compile(snap, workloads, jwks)
 	if tamper != nil {
 		tamper(modules)
 	}
@@ -505,7 +518,7 @@ func TestCompiledDecisionEqualsLibrary(t *testing.T) {
 	total := 0
 	for i, sc := range scenarios(t, s) {
 		t.Run(sc.name, func(t *testing.T) {
-			pp := preparePair(t, sc.snap, append(slices.Clone(sc.workloads), sc.fallback...), nil)
+			pp := preparePair(t, sc.snap, append(slices.Clone(sc.workloads), sc.fallback...), sc.jwks, nil)
 			for _, k := range sc.fallback {
 				if q, ok := pp.queries[k]; ok {
 					t.Errorf("workload %+v compiled to %s; it uses what the compiler leaves to the library", k, q)
@@ -537,6 +550,9 @@ func TestDifferentialHarnessCatchesMistakes(t *testing.T) {
 		{"a rule index", `allow_matches["default/reviews-viewer"] := 0`, `allow_matches["default/reviews-viewer"] := 1`},
 		{"a reason's entry", `"effect": "no match"`, `"effect": "no-match"`},
 		{"the reason", `"denied by DENY policy "`, `"denied by DENY policy: "`},
+		{"a JWT audience", `"aud": "ratings"`, `"aud": "reviews"`},
+		{"a JWT reason", `"Jwt issuer is not configured"`, `"Jwt issuer is unknown"`},
+		{"a JWT header removal", `not jwt_rules[k].forwardOriginalToken`, `jwt_rules[k].forwardOriginalToken`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			snap := decodeSnapshot(t, fmt.Sprintf(readTestdata(t, "e2e.yaml"), s.main.JWKS())+`---
@@ -547,9 +563,9 @@ spec:
   action: AUDIT
   rules: [{}]
 `)
-			keys := []WorkloadKey{{"default", "app=reviews"}}
+			keys := []WorkloadKey{{"default", "app=reviews"}, {"default", "app=ratings"}}
 			tampered := 0
-			pp := preparePair(t, snap, keys, func(m map[string]string) {
+			pp := preparePair(t, snap, keys, nil, func(m map[string]string) {
 				for name, text := range m {
 					if strings.Contains(text, c.old) {
 						m[name] = strings.ReplaceAll(text, c.old, c.new)
@@ -608,7 +624,7 @@ rules: [{to: [{operation: {paths: ["/custom*"]}}]}]
 `),
 	)
 	keys := []WorkloadKey{{ns, "app=x\"\n#"}, {ns, ""}, {"inj\"\n", "a=b"}}
-	pp := preparePair(t, snap, keys, nil)
+	pp := preparePair(t, snap, keys, nil, nil)
 	for _, k := range keys {
 		q, ok := pp.queries[k]
 		if !ok {
@@ -667,7 +683,7 @@ rules: [{to: [{operation: {paths: ["/custom*"]}}]}]
 // generatedRule matches the names of the rules the generator writes.
 var generatedRule = regexp.MustCompile(`^(decision|allowed|added|allowed_reason|(allow|deny|audit|custom)_(matches|reasons)|` +
 	`providers|provider_verdicts|provider_denial|custom_denial|custom_effect|rego_(verdicts|reasons|denial)|allowing_verdicts|` +
-	`request_principal|request_auth|verdict_[0-9]+|attribute_[0-9]+|p[0-9]+_r[0-9]+(_[a-z]+[0-9]*)*(_[A-Za-z]+)?(_not)?)$`)
+	`request_principal|request_auth|jwt_[a-z_]+|verdict_[0-9]+|attribute_[0-9]+|p[0-9]+_r[0-9]+(_[a-z]+[0-9]*)*(_[A-Za-z]+)?(_not)?)$`)
 
 // mustJSON is s as a JSON string, which YAML reads too.
 func mustJSON(t testing.TB, s string) []byte {
@@ -685,10 +701,10 @@ func TestCompileDeterministic(t *testing.T) {
 	s := newSigners(t)
 	for _, sc := range scenarios(t, s) {
 		keys := slices.Clone(sc.workloads)
-		m1, q1 := Compile(sc.snap, keys)
+		m1, q1 := Compile(sc.snap, keys, nil)
 		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 		keys = append(keys, keys[0]) // a duplicate
-		m2, q2 := Compile(sc.snap, keys)
+		m2, q2 := Compile(sc.snap, keys, nil)
 		if d := cmp.Diff(m1, m2); d != "" {
 			t.Errorf("%s: modules differ:\n%s", sc.name, d)
 		}
@@ -708,7 +724,7 @@ func TestCompiledModulesStrict(t *testing.T) {
 	s := newSigners(t)
 	for _, sc := range scenarios(t, s) {
 		p, _ := Policy(sc.snap, nil)
-		modules, _ := Compile(sc.snap, sc.workloads)
+		modules, _ := Compile(sc.snap, sc.workloads, nil)
 		parsed := map[string]*ast.Module{}
 		for name, text := range modules {
 			m, err := ast.ParseModuleWithOpts(name, text, ast.ParserOptions{RegoVersion: ast.RegoV1})
@@ -792,7 +808,7 @@ spec:
 func TestCompiledModuleShape(t *testing.T) {
 	snap := decodeSnapshot(t, smallPolicies)
 	k := WorkloadKey{"default", "app=reviews"}
-	modules, queries := Compile(snap, []WorkloadKey{k})
+	modules, queries := Compile(snap, []WorkloadKey{k}, nil)
 	q := queries[k]
 	if !strings.HasPrefix(q, "data.palisade.compiled.w_") || !strings.HasSuffix(q, ".decision") {
 		t.Fatalf("query %q", q)
@@ -802,10 +818,10 @@ func TestCompiledModuleShape(t *testing.T) {
 	if !ok || len(modules) != 2 || modules[typeCheckFile] == "" {
 		t.Fatalf("modules %v, want %s and %s", slices.Sorted(maps.Keys(modules)), compiledFile(pkg), typeCheckFile)
 	}
-	if m, q := Compile(snap, []WorkloadKey{{"default", "app=sa"}}); len(m) != 2 || len(q) != 1 {
+	if m, q := Compile(snap, []WorkloadKey{{"default", "app=sa"}}, nil); len(m) != 2 || len(q) != 1 {
 		t.Errorf("Compile of one workload: %d modules, %d queries", len(m), len(q))
 	}
-	if m, q := Compile(snap, nil); len(m) != 0 || len(q) != 0 {
+	if m, q := Compile(snap, nil, nil); len(m) != 0 || len(q) != 0 {
 		t.Errorf("Compile of no workload: %d modules, %d queries", len(m), len(q))
 	}
 	for _, want := range []string{
@@ -858,7 +874,7 @@ func BenchmarkCompiledDecision(b *testing.B) {
 				p, _ := Policy(sc.snap, nil)
 				p.Modules, p.Queries = maps.Clone(p.Modules), nil
 				if mode == "compiled" {
-					modules, queries := Compile(sc.snap, []WorkloadKey{sc.key})
+					modules, queries := Compile(sc.snap, []WorkloadKey{sc.key}, nil)
 					if queries[sc.key] == "" {
 						b.Fatal("not compiled")
 					}

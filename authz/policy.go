@@ -65,7 +65,7 @@ func Policy(snap *mesh.Snapshot, jwks JWKSSource) (rego.Policy, []config.Diagnos
 	}
 	queries := map[string]string{}
 	if len(snap.AuthorizationPolicies)+len(snap.RequestAuthentications)+len(snap.RegoPolicies) > 0 {
-		compiled, byWorkload := Compile(snap, compiledWorkloads(snap))
+		compiled, byWorkload := Compile(snap, compiledWorkloads(snap), jwks)
 		maps.Copy(modules, compiled)
 		for k, q := range byWorkload {
 			queries[workloadQueryName(k.Namespace, k.Labels)] = q
