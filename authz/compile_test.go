@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -478,9 +479,15 @@ func (pp preparedPair) differences(t testing.TB, gen *requestGen, workloads []Wo
 		name := workloadQueryName(k.Namespace, k.Labels)
 		for range n {
 			req := gen.request(k)
-			input := Input(req)
-			want, wantErr := pp.prep.Eval(ctx, input)
-			got, gotErr := pp.prep.EvalNamed(ctx, name, input)
+			// The compiled decision gets the input the server gives it: only the
+			// parts its query can read.
+			want, wantErr := pp.prep.Eval(ctx, Input(req))
+			got, gotErr := pp.prep.EvalNamed(ctx, name, buildInput(req, partsOf(pp.prep.InputPaths(name))))
+			// So does the library, for the workloads that are not compiled.
+			lib, libErr := pp.prep.Eval(ctx, buildInput(req, partsOf(pp.prep.InputPaths(""))))
+			if d := cmp.Diff(want, lib); (d != "" || (wantErr == nil) != (libErr == nil)) && len(diffs) < max {
+				diffs = append(diffs, fmt.Sprintf("workload %+v: the library decides differently on the input parts it reads (error %v):\n%s", k, libErr, d))
+			}
 			compared++
 			if d, ok := want.(map[string]any); ok {
 				reasons[fmt.Sprint(d["reason"])] = true
@@ -663,9 +670,9 @@ rules: [{to: [{operation: {paths: ["/custom*"]}}]}]
 					req := request{method: method, path: path, host: "h", from: "spiffe://cluster.local/ns/x/sa/\"}",
 						headers:    map[string]string{"x-\"evil\\\n": hv},
 						extensions: map[string]string{ExtensionWorkloadNamespace: k.Namespace, ExtensionWorkloadLabels: k.Labels}}.check()
-					input := Input(req)
-					want, err1 := pp.prep.Eval(ctx, input)
-					got, err2 := pp.prep.EvalNamed(ctx, workloadQueryName(k.Namespace, k.Labels), input)
+					name := workloadQueryName(k.Namespace, k.Labels)
+					want, err1 := pp.prep.Eval(ctx, Input(req))
+					got, err2 := pp.prep.EvalNamed(ctx, name, buildInput(req, partsOf(pp.prep.InputPaths(name))))
 					if err1 != nil || err2 != nil {
 						t.Fatalf("errors: library %v, compiled %v", err1, err2)
 					}
@@ -745,6 +752,35 @@ func TestCompiledModulesStrict(t *testing.T) {
 					t.Errorf("%s: %v", sc.name, e)
 				}
 			}
+		}
+	}
+}
+
+// TestCompiledDecisionsReadLittleInput: the server builds of the input only what
+// a compiled decision can read (the differential test checks that the decision
+// is the same): for the small policy no header, for the JWT policy the
+// Authorization header alone.
+func TestCompiledDecisionsReadLittleInput(t *testing.T) {
+	s := newSigners(t)
+	for _, c := range []struct {
+		scenario string
+		want     inputParts
+	}{
+		{"bench-small", inputParts{source: true, http: true, palisade: true}},
+		{"bench-jwt", inputParts{http: true, headerNames: []string{"authorization"}, parsedQuery: true, palisade: true}},
+	} {
+		i := slices.IndexFunc(scenarios(t, s), func(sc compileScenario) bool { return sc.name == c.scenario })
+		sc := scenarios(t, s)[i]
+		p, _ := Policy(sc.snap, sc.jwks)
+		e := NewEngine()
+		if err := e.Update(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+		k := WorkloadKey{"shop", "app=reviews,version=v1"}
+		got, _ := e.Current().InputUse(workloadQueryName(k.Namespace, k.Labels)).(*inputParts)
+		if got == nil || !reflect.DeepEqual(*got, c.want) {
+			t.Errorf("%s: the compiled decision of %+v reads input parts %+v, want %+v (paths %v)", c.scenario, k, got, c.want,
+				e.Current().InputPaths(workloadQueryName(k.Namespace, k.Labels)))
 		}
 	}
 }

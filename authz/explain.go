@@ -90,7 +90,7 @@ func (s *Server) Explain(ctx context.Context, snap *mesh.Snapshot, trustDomain s
 			ExtensionWorkloadLabels:    EncodeLabels(keys, labels),
 		},
 	}}
-	d, _, revision := s.decide(ctx, WorkloadQuery(req), Input(req)) // not counted as a decision
+	d, _, revision := s.decide(ctx, s.cfg.Policies.Current(), WorkloadQuery(req), Input(req)) // not counted as a decision
 	return Explanation{
 		Allowed: d.Allowed, HTTPStatus: d.HTTPStatus, Reason: d.Reason, Reasons: d.Reasons, Failure: string(d.Failure),
 		Revision: revision, Service: svc.Hostname, Port: port, Namespace: svc.Namespace, Labels: labels,

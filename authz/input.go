@@ -6,6 +6,7 @@ package authz
 import (
 	"encoding/base64"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,24 +97,135 @@ var (
 // directly, without a JSON round trip, and never fails: a part that cannot be parsed
 // (a malformed path, a body that is not the JSON it claims) is left out, and policies
 // that need it are undefined, which denies.
-func Input(req *authv3.CheckRequest) ast.Value {
+func Input(req *authv3.CheckRequest) ast.Value { return buildInput(req, &allParts) }
+
+// inputParts are the parts of the input document to build. A decision reads only
+// a few (a compiled one: the source's principal, the method, the path, a header
+// or two), and building the rest, the headers above all, costs about half as much
+// as the decision itself; so the server builds what the query can read
+// (rego.Prepared.InputPaths), which gives the query the same values.
+type inputParts struct {
+	source, destination, requestTime, http, contextExtensions bool
+	metadata, routeMetadata, tls                              bool
+	headers                                                   bool     // all of them
+	headerNames                                               []string // else these (lower case)
+	parsedPath, parsedQuery, parsedBody, palisade             bool
+}
+
+var allParts = inputParts{
+	source: true, destination: true, requestTime: true, http: true, contextExtensions: true,
+	metadata: true, routeMetadata: true, tls: true, headers: true,
+	parsedPath: true, parsedQuery: true, parsedBody: true, palisade: true,
+}
+
+// partsOf returns the parts of the input that hold the given paths (and all of
+// it for a path it does not know the shape under).
+func partsOf(paths []ast.Ref) *inputParts {
+	parts := &inputParts{}
+	for _, path := range paths {
+		var keys []string
+		for _, t := range path[1:] {
+			s, ok := t.Value.(ast.String)
+			if !ok {
+				break // the whole value under the string keys so far
+			}
+			keys = append(keys, string(s))
+		}
+		parts.add(keys)
+	}
+	return parts
+}
+
+// add adds the parts under input.keys[0].keys[1]...; keys the document does not
+// have need nothing (the value there is undefined either way).
+func (ps *inputParts) add(keys []string) {
+	at := func(i int) string {
+		if i < len(keys) {
+			return keys[i]
+		}
+		return ""
+	}
+	switch at(0) {
+	case "":
+		*ps = allParts
+	case "parsed_path":
+		ps.parsedPath = true
+	case "parsed_query":
+		ps.parsedQuery = true
+	case "parsed_body", "truncated_body":
+		ps.parsedBody = true
+	case "palisade":
+		ps.palisade = true
+	case "attributes":
+		switch at(1) {
+		case "":
+			palisade, parsed := ps.palisade, [3]bool{ps.parsedPath, ps.parsedQuery, ps.parsedBody}
+			*ps = allParts
+			ps.palisade, ps.parsedPath, ps.parsedQuery, ps.parsedBody = palisade, parsed[0], parsed[1], parsed[2]
+		case "source":
+			ps.source = true
+		case "destination":
+			ps.destination = true
+		case "contextExtensions":
+			ps.contextExtensions = true
+		case "metadataContext":
+			ps.metadata = true
+		case "routeMetadataContext":
+			ps.routeMetadata = true
+		case "tlsSession":
+			ps.tls = true
+		case "request":
+			switch at(2) {
+			case "":
+				ps.requestTime, ps.http, ps.headers = true, true, true
+			case "time":
+				ps.requestTime = true
+			case "http":
+				switch at(3) {
+				case "":
+					ps.http, ps.headers = true, true
+				case "headers":
+					if name := at(4); name == "" {
+						ps.headers = true
+					} else if !slices.Contains(ps.headerNames, name) {
+						ps.headerNames = append(ps.headerNames, name)
+					}
+				default:
+					ps.http = true
+				}
+			}
+		}
+	}
+}
+
+func buildInput(req *authv3.CheckRequest, parts *inputParts) ast.Value {
 	attrs := req.GetAttributes()
 	httpReq := attrs.GetRequest().GetHttp()
 	headers := httpHeaders(httpReq)
 
 	input := ast.NewObject()
 	if attrs != nil {
-		input.Insert(kAttributes, ast.NewTerm(attributes(attrs, headers)))
+		input.Insert(kAttributes, ast.NewTerm(attributes(attrs, headers, parts)))
 	}
-	path, query := parsePath(httpReq.GetPath())
-	input.Insert(kParsedPath, path)
-	input.Insert(kParsedQuery, query)
-	if body, truncated, ok := parseBody(httpReq, headers); ok {
-		input.Insert(kParsedBody, body)
-		input.Insert(kTruncatedBody, ast.InternedTerm(truncated))
+	if parts.parsedPath || parts.parsedQuery {
+		path, query := parsePath(httpReq.GetPath(), parts.parsedQuery)
+		if parts.parsedPath {
+			input.Insert(kParsedPath, path)
+		}
+		if parts.parsedQuery {
+			input.Insert(kParsedQuery, query)
+		}
+	}
+	if parts.parsedBody {
+		if body, truncated, ok := parseBody(httpReq, headers); ok {
+			input.Insert(kParsedBody, body)
+			input.Insert(kTruncatedBody, ast.InternedTerm(truncated))
+		}
 	}
 	input.Insert(kVersion, versionTerm)
-	input.Insert(kPalisade, ast.ObjectTerm(ast.Item(kWorkload, workload(attrs))))
+	if parts.palisade {
+		input.Insert(kPalisade, ast.ObjectTerm(ast.Item(kWorkload, workload(attrs))))
+	}
 	return input
 }
 
@@ -138,34 +250,34 @@ func httpHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
 	return m
 }
 
-func attributes(a *authv3.AttributeContext, headers map[string]string) ast.Object {
+func attributes(a *authv3.AttributeContext, headers map[string]string, parts *inputParts) ast.Object {
 	o := ast.NewObject()
-	if a.Source != nil {
+	if a.Source != nil && parts.source {
 		o.Insert(kSource, ast.NewTerm(peerObject(a.Source)))
 	}
-	if a.Destination != nil {
+	if a.Destination != nil && parts.destination {
 		o.Insert(kDestination, ast.NewTerm(peerObject(a.Destination)))
 	}
 	if a.Request != nil {
 		r := ast.NewObject()
-		if a.Request.Time != nil {
+		if a.Request.Time != nil && parts.requestTime {
 			r.Insert(kTime, ast.StringTerm(timestamp(a.Request.Time)))
 		}
 		if h := a.Request.Http; h != nil {
-			r.Insert(kHTTP, ast.NewTerm(httpRequest(h, headers)))
+			r.Insert(kHTTP, ast.NewTerm(httpRequest(h, headers, parts)))
 		}
 		o.Insert(kRequest, ast.NewTerm(r))
 	}
-	if len(a.ContextExtensions) > 0 {
+	if len(a.ContextExtensions) > 0 && parts.contextExtensions {
 		o.Insert(kContextExtensions, stringMap(a.ContextExtensions))
 	}
-	if t := metadata(a.MetadataContext); t != nil {
+	if t := metadata(a.MetadataContext); t != nil && parts.metadata {
 		o.Insert(kMetadataContext, t)
 	}
-	if t := metadata(a.RouteMetadataContext); t != nil {
+	if t := metadata(a.RouteMetadataContext); t != nil && parts.routeMetadata {
 		o.Insert(kRouteMetadata, t)
 	}
-	if a.TlsSession != nil {
+	if a.TlsSession != nil && parts.tls {
 		tls := ast.NewObject()
 		if a.TlsSession.Sni != "" {
 			tls.Insert(kSNI, ast.StringTerm(a.TlsSession.Sni))
@@ -215,8 +327,25 @@ func peerObject(p *authv3.AttributeContext_Peer) ast.Object {
 	return o
 }
 
-func httpRequest(h *authv3.AttributeContext_HttpRequest, headers map[string]string) ast.Object {
+func httpRequest(h *authv3.AttributeContext_HttpRequest, headers map[string]string, parts *inputParts) ast.Object {
 	o := ast.NewObject()
+	switch {
+	case parts.headers && len(headers) > 0:
+		o.Insert(kHeaders, stringMap(headers))
+	case len(parts.headerNames) > 0:
+		hs := ast.NewObject()
+		for _, name := range parts.headerNames {
+			if v, ok := headers[name]; ok {
+				hs.Insert(ast.StringTerm(name), ast.StringTerm(v))
+			}
+		}
+		if hs.Len() > 0 {
+			o.Insert(kHeaders, ast.NewTerm(hs))
+		}
+	}
+	if !parts.http {
+		return o
+	}
 	for _, f := range [...]struct {
 		key   *ast.Term
 		value string
@@ -227,9 +356,6 @@ func httpRequest(h *authv3.AttributeContext_HttpRequest, headers map[string]stri
 		if f.value != "" {
 			o.Insert(f.key, ast.StringTerm(f.value))
 		}
-	}
-	if len(headers) > 0 {
-		o.Insert(kHeaders, stringMap(headers))
 	}
 	if h.Size != 0 {
 		// protojson writes 64-bit integers as strings.
@@ -291,7 +417,7 @@ func viaJSON(m proto.Message) *ast.Term {
 // parsePath splits the request target as OPA-Envoy does: the path's segments
 // (percent-decoded, leading '/' removed) and the query's values by name. A target
 // that does not parse as a URL keeps its raw segments and an empty query.
-func parsePath(target string) (path, query *ast.Term) {
+func parsePath(target string, withQuery bool) (path, query *ast.Term) {
 	raw, rawQuery, _ := strings.Cut(target, "?")
 	decoded, err := url.PathUnescape(raw)
 	if err != nil {
@@ -303,7 +429,7 @@ func parsePath(target string) (path, query *ast.Term) {
 		terms[i] = ast.StringTerm(s)
 	}
 	q := ast.NewObject()
-	if rawQuery != "" {
+	if rawQuery != "" && withQuery {
 		values, _ := url.ParseQuery(rawQuery) // keeps what parses, as net/url does
 		for k, vs := range values {
 			items := make([]*ast.Term, len(vs))

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -146,5 +147,47 @@ func TestInputOddPaths(t *testing.T) {
 		if string(got) != want {
 			t.Errorf("path %q: parsed_path = %s, want %s", path, got, want)
 		}
+	}
+}
+
+// TestInputPartsHoldTheirPaths: the input built for a set of paths has, at each
+// of them, the value the whole input has there, and leaves out the headers when
+// no path needs them.
+func TestInputPartsHoldTheirPaths(t *testing.T) {
+	req := request{method: "POST", path: "/api/x?a=1&a=2", host: "h:80", from: "spiffe://cluster.local/ns/a/sa/b",
+		headers:    map[string]string{"authorization": "Bearer t", "content-type": "application/json", "cookie": "s=1"},
+		body:       `{"k": [1, 2]}`,
+		extensions: map[string]string{ExtensionWorkloadNamespace: "ns", ExtensionWorkloadLabels: "app=x"}}.check()
+	req.Attributes.TlsSession = &authv3.AttributeContext_TLSSession{Sni: "h"}
+	req.Attributes.Request.Time = timestamppb.New(time.Unix(1700000000, 0))
+	full := Input(req)
+	paths := []string{
+		"input", "input.attributes", "input.attributes.source", "input.attributes.source.principal",
+		"input.attributes.destination.address", "input.attributes.request", "input.attributes.request.time",
+		"input.attributes.request.http", "input.attributes.request.http.method", "input.attributes.request.http.headers",
+		"input.attributes.request.http.headers.authorization", "input.attributes.request.http.headers.absent",
+		"input.attributes.contextExtensions", "input.attributes.metadataContext", "input.attributes.tlsSession.sni",
+		"input.parsed_path", "input.parsed_query.a", "input.parsed_body.k", "input.truncated_body", "input.version",
+		"input.palisade.workload", "input.unknown",
+	}
+	for _, one := range paths {
+		for _, other := range []string{"", "input.parsed_query", "input.attributes.request.http.headers.cookie"} {
+			refs := []ast.Ref{ast.MustParseRef(one)}
+			if other != "" {
+				refs = append(refs, ast.MustParseRef(other))
+			}
+			pruned := buildInput(req, partsOf(refs))
+			for _, r := range refs {
+				want, wantErr := full.Find(r[1:])
+				got, gotErr := pruned.Find(r[1:])
+				if (wantErr == nil) != (gotErr == nil) || (wantErr == nil && want.Compare(got) != 0) {
+					t.Errorf("paths %v: at %v the input has %v (%v), the input built for them %v (%v)", refs, r, want, wantErr, got, gotErr)
+				}
+			}
+		}
+	}
+	small := buildInput(req, partsOf([]ast.Ref{ast.MustParseRef("input.attributes.request.http.method")}))
+	if _, err := small.Find(ast.MustParseRef("input.attributes.request.http.headers")[1:]); err == nil {
+		t.Errorf("the input built for the method has headers: %v", small)
 	}
 }

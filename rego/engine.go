@@ -36,6 +36,11 @@ type EngineConfig struct {
 	// JWTCacheEntries bounds OPA's cache of verified JWTs shared across decisions
 	// (io.jwt.decode_verify); 0 disables it.
 	JWTCacheEntries int
+	// InputUse, when set, turns what of the input each query can read (see
+	// Prepared.InputPaths) into the caller's form of it, once per policy; the
+	// caller reads it back with Prepared.InputUse, e.g. to build only those parts
+	// of an input.
+	InputUse func(paths []ast.Ref) any
 }
 
 // Engine holds the prepared decision query of the current policy. Update compiles a
@@ -68,6 +73,12 @@ type Prepared struct {
 	query  opa.PreparedEvalQuery
 	named  map[string]opa.PreparedEvalQuery
 	cache  cache.InterQueryValueCache
+	// What of the input each query can read: the engine's query's, and the named
+	// ones', with the engine's InputUse of them.
+	paths      []ast.Ref
+	namedPaths map[string][]ast.Ref
+	use        any
+	namedUse   map[string]any
 }
 
 // Current returns the policy in force, or nil before the first successful Update.
@@ -82,6 +93,13 @@ func (e *Engine) Update(ctx context.Context, p Policy) error {
 		return err
 	}
 	prep.cache = e.cache
+	if e.cfg.InputUse != nil {
+		prep.use = e.cfg.InputUse(prep.paths)
+		prep.namedUse = make(map[string]any, len(prep.namedPaths))
+		for name, paths := range prep.namedPaths {
+			prep.namedUse[name] = e.cfg.InputUse(paths)
+		}
+	}
 	e.current.Store(prep)
 	return nil
 }
@@ -119,17 +137,108 @@ func Prepare(ctx context.Context, query string, p Policy) (*Prepared, error) {
 		}
 		return pq, nil
 	}
-	prep := &Prepared{Policy: p, named: make(map[string]opa.PreparedEvalQuery, len(p.Queries))}
+	prep := &Prepared{Policy: p, named: make(map[string]opa.PreparedEvalQuery, len(p.Queries)), namedPaths: make(map[string][]ast.Ref, len(p.Queries))}
+	reads := inputReader{compiler: compiler, rules: map[*ast.Rule]ruleReads{}}
 	var err error
 	if prep.query, err = prepare(query); err != nil {
+		return nil, err
+	}
+	if prep.paths, err = reads.paths(query); err != nil {
 		return nil, err
 	}
 	for name, q := range p.Queries {
 		if prep.named[name], err = prepare(q); err != nil {
 			return nil, err
 		}
+		if prep.namedPaths[name], err = reads.paths(q); err != nil {
+			return nil, err
+		}
 	}
 	return prep, nil
+}
+
+// InputPaths returns what of the input the query EvalNamed(name) evaluates can
+// read: the ground prefix of every reference to input in the query and in the
+// rules it depends on, sorted. A path that is input itself means all of it. An
+// input that has the same values at these paths gets the same result.
+func (p *Prepared) InputPaths(name string) []ast.Ref {
+	if paths, ok := p.namedPaths[name]; ok {
+		return paths
+	}
+	return p.paths
+}
+
+// InputUse returns the engine's InputUse of InputPaths(name), or nil when the
+// engine has none.
+func (p *Prepared) InputUse(name string) any {
+	if u, ok := p.namedUse[name]; ok {
+		return u
+	}
+	return p.use
+}
+
+// inputReader finds the input references a query depends on, remembering each
+// rule's own references across queries.
+type inputReader struct {
+	compiler *ast.Compiler
+	rules    map[*ast.Rule]ruleReads
+}
+
+// ruleReads are a rule's (or a query's) references to input (ground prefixes)
+// and the rules its references to data can reach.
+type ruleReads struct {
+	input []ast.Ref
+	rules []*ast.Rule
+}
+
+func (r inputReader) of(x any) ruleReads {
+	var out ruleReads
+	ast.WalkRefs(x, func(ref ast.Ref) bool {
+		switch {
+		case ref.HasPrefix(ast.InputRootRef):
+			out.input = append(out.input, ref.GroundPrefix())
+		case ref.HasPrefix(ast.DefaultRootRef):
+			// With variables in it, a reference can reach every rule under its
+			// ground prefix; GetRulesDynamicWithOpts over-approximates so.
+			out.rules = append(out.rules, r.compiler.GetRulesDynamicWithOpts(ref, ast.RulesOptions{})...)
+		}
+		return false // also the references inside this one
+	})
+	return out
+}
+
+func (r inputReader) paths(query string) ([]ast.Ref, error) {
+	body, err := ast.ParseBody(query)
+	if err != nil {
+		return nil, fmt.Errorf("query %s: %w", query, err)
+	}
+	seen := map[*ast.Rule]bool{}
+	found := map[string]ast.Ref{}
+	pending := []ruleReads{r.of(body)}
+	for len(pending) > 0 {
+		reads := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		for _, path := range reads.input {
+			found[path.String()] = path
+		}
+		for _, rule := range reads.rules {
+			if seen[rule] {
+				continue
+			}
+			seen[rule] = true
+			rr, ok := r.rules[rule]
+			if !ok {
+				rr = r.of(rule)
+				r.rules[rule] = rr
+			}
+			pending = append(pending, rr)
+		}
+	}
+	paths := make([]ast.Ref, 0, len(found))
+	for _, key := range slices.Sorted(maps.Keys(found)) {
+		paths = append(paths, found[key])
+	}
+	return paths, nil
 }
 
 // ErrUndefined is returned when the decision is undefined: callers deny.

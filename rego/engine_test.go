@@ -153,3 +153,61 @@ func TestEngineNamedQueries(t *testing.T) {
 		t.Error("a query that does not parse was accepted")
 	}
 }
+
+// TestInputPaths: what of the input a query can read is found through rule
+// references, function calls, else branches, comprehensions and references to
+// data with variables in them; rules the query cannot reach do not count.
+func TestInputPaths(t *testing.T) {
+	ctx := context.Background()
+	p := Policy{Modules: map[string]string{
+		"a.rego": `package a
+
+decision := {"x": input.a.b, "f": f("k"), "n": count([1 | some v in input.arr[_]; v])} if input.top.flag
+
+f(k) := input.c[k]
+
+g := 1 if input.never else := 2 if input.e.e1
+
+h := data.b[input.which].v
+
+direct := input
+
+unrelated := input.g
+`,
+		"b.rego": `package b
+
+one.v := input.f.g
+
+two.v := 2
+`,
+	}, Queries: map[string]string{"h": "data.a.h", "g": "data.a.g", "all": "data.a.direct"}}
+	var seen [][]ast.Ref
+	e := NewEngine(EngineConfig{Query: "data.a.decision", InputUse: func(paths []ast.Ref) any {
+		seen = append(seen, paths)
+		return len(paths)
+	}})
+	if err := e.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	prep := e.Current()
+	for _, c := range []struct {
+		name string
+		want string
+	}{
+		{"", "[input.a.b input.arr input.c input.top.flag]"},
+		{"unknown", "[input.a.b input.arr input.c input.top.flag]"}, // EvalNamed's fallback
+		{"g", "[input.e.e1 input.never]"},
+		{"h", "[input.f.g input.which]"},
+		{"all", "[input]"},
+	} {
+		if got := fmt.Sprint(prep.InputPaths(c.name)); got != c.want {
+			t.Errorf("InputPaths(%q) = %s, want %s", c.name, got, c.want)
+		}
+		if got := prep.InputUse(c.name); got != len(prep.InputPaths(c.name)) {
+			t.Errorf("InputUse(%q) = %v, want the hook's value %d", c.name, got, len(prep.InputPaths(c.name)))
+		}
+	}
+	if len(seen) != 4 {
+		t.Errorf("InputUse called %d times, want once per query (4)", len(seen))
+	}
+}
