@@ -96,15 +96,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	start := time.Now()
 	p := s.cfg.Policies.Current()
 	query := WorkloadQuery(req)
-	// The input holds what the query can read, or everything when it is logged
-	// (or the engine does not say what its queries read).
-	parts := &allParts
-	if p != nil && s.cfg.DecisionLog == nil {
-		if use, ok := p.InputUse(query).(*inputParts); ok {
-			parts = use
-		}
+	var input ast.Value
+	if s.cfg.DecisionLog != nil {
+		input = Input(req) // the log has all of it
+	} else {
+		input = QueryInput(p, query, req)
 	}
-	input := buildInput(req, parts)
 	d, result, revision := s.counted(s.decide(ctx, p, query, input))
 	if l := s.cfg.DecisionLog; l != nil {
 		var addr string
@@ -114,6 +111,18 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		l.log(logEntry{time: start, input: input, result: result, decision: d, revision: revision, peer: addr, duration: time.Since(start)})
 	}
 	return d.response(), nil
+}
+
+// QueryInput is the input for evaluating query of policy p (see EvalNamed): the
+// parts of Input(req) the query can read, when the engine says which (NewEngine's
+// does), else all of it.
+func QueryInput(p *rego.Prepared, query string, req *authv3.CheckRequest) ast.Value {
+	if p != nil {
+		if parts, ok := p.InputUse(query).(*inputParts); ok {
+			return buildInput(req, parts)
+		}
+	}
+	return Input(req)
 }
 
 // Decide evaluates the policy in force for one input, by the compiled decision of

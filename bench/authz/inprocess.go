@@ -19,10 +19,11 @@ import (
 
 // The in-process measurement (-serve inprocess, pinned to one CPU with
 // GOMAXPROCS=1): single decisions of the mesh library as palisaded makes them
-// (authz.Input, then Eval of rego.Engine's prepared query), timed one by one in one
-// goroutine, for the small and jwt scenarios and for policygen's mesh of 100
-// policies. For comparison, the same with OPA-Envoy's way (authz.InputViaJSON and a
-// straightforwardly prepared query).
+// (authz.QueryInput, the parts of the input the query reads as palisaded builds
+// them when it does not log decisions, then Eval of rego.Engine's prepared query),
+// timed one by one in one goroutine, for the small and jwt scenarios and for
+// policygen's mesh of 100 policies. For comparison, the same with OPA-Envoy's way
+// (authz.InputViaJSON and a straightforwardly prepared query).
 
 // inProcessResult is one scenario's single-decision latencies.
 type inProcessResult struct {
@@ -53,9 +54,10 @@ func runInProcess(testdata string, decisions int, budget time.Duration) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		pal := func(req *authv3.CheckRequest) (time.Duration, any, error) {
-			input := authz.Input(req)
+			p, query := engine.Current(), authz.WorkloadQuery(req)
+			input := authz.QueryInput(p, query, req)
 			t := time.Now()
-			v, err := engine.Current().EvalNamed(context.Background(), authz.WorkloadQuery(req), input)
+			v, err := p.EvalNamed(context.Background(), query, input)
 			return time.Since(t), v, err
 		}
 		q, err := prepareStraightforward(context.Background(), snapPolicy.Modules, snapPolicy.Data)
