@@ -89,8 +89,57 @@ func runInProcess(testdata string, decisions int, budget time.Duration) error {
 			results = append(results, r)
 		}
 	}
+	results = append(results, machineBaseline(baselineWork, decisions, budget))
 	return json.NewEncoder(os.Stdout).Encode(results)
 }
+
+// baselineWork is the median of the machine baseline: a third of the target p99.
+const baselineWork = 15 * time.Microsecond
+
+// machineBaseline times a fixed piece of work that neither allocates nor
+// touches memory, calibrated to take work at the median, the same way as the
+// decisions: how far this machine alone (interrupts, the hypervisor, other
+// tenants) stretches the tail of something that always does the same.
+func machineBaseline(work time.Duration, n int, budget time.Duration) inProcessResult {
+	spin := func(iterations int) time.Duration {
+		t := time.Now()
+		x := uint64(1)
+		for i := range iterations {
+			x = x*6364136223846793005 + uint64(i)
+		}
+		baselineSink = x
+		return time.Since(t)
+	}
+	iterations := 1000
+	for range 5 { // calibrate on the median of 201 runs
+		ds := make([]time.Duration, 201)
+		for i := range ds {
+			ds[i] = spin(iterations)
+		}
+		slices.Sort(ds)
+		iterations = max(1, int(float64(iterations)*float64(work)/float64(ds[100])))
+	}
+	ds := make([]time.Duration, 0, n)
+	deadline := time.Now().Add(budget)
+	for i := range n {
+		ds = append(ds, spin(iterations))
+		if i >= min(n, minDecisions) && time.Now().After(deadline) {
+			break
+		}
+	}
+	var total time.Duration
+	for _, d := range ds {
+		total += d
+	}
+	slices.Sort(ds)
+	r := inProcessResult{Scenario: "baseline", About: fmt.Sprintf("fixed work, no allocation, calibrated to a %v median", work), Way: "machine", Decisions: len(ds),
+		Mean: total / time.Duration(len(ds))}
+	r.DecisionP50, r.DecisionP99, r.DecisionP999 = nearestRank(ds, 0.5), nearestRank(ds, 0.99), nearestRank(ds, 0.999)
+	r.EvalP50, r.EvalP99, r.EvalP999 = r.DecisionP50, r.DecisionP99, r.DecisionP999
+	return r
+}
+
+var baselineSink uint64
 
 func inProcessScenario(name, testdata string) (*scenario, rego.Policy, error) {
 	var sc *scenario

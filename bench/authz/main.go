@@ -846,7 +846,7 @@ func printDecisionLog(scenarios []*scenarioResult) {
 }
 
 func printInProcess(rs []inProcessResult, cpu string) {
-	fmt.Printf("\n## In process: single decisions of the mesh library\n\nOne goroutine, pinned to CPU %s, GOMAXPROCS=1 (the garbage collector shares the CPU); each decision timed alone. Palisade: authz.QueryInput (the parts of the input the query reads, as palisaded builds them when it does not log decisions), then Eval of rego.Engine's prepared query (JWT cache of 10000 entries). OPA-Envoy: authz.InputViaJSON (+ input.palisade.workload), then Eval of a straightforwardly prepared query with rego.EvalInput. Target: the mesh library with 100 policies under 50 µs p99.\n\n", cpu)
+	fmt.Printf("\n## In process: single decisions of the mesh library\n\nOne goroutine, pinned to CPU %s, GOMAXPROCS=1 (the garbage collector shares the CPU); each decision timed alone. Palisade: authz.QueryInput (the parts of the input the query reads, as palisaded builds them when it does not log decisions), then Eval of rego.Engine's prepared query (JWT cache of 10000 entries). OPA-Envoy: authz.InputViaJSON (+ input.palisade.workload), then Eval of a straightforwardly prepared query with rego.EvalInput. Target: the mesh library with 100 policies under 50 µs p99. The machine baseline is fixed work timed the same way: what the machine alone does to the tail.\n\n", cpu)
 	fmt.Println("| scenario | way | decisions | p50 | p99 | p99.9 | mean | Eval alone p50 / p99 | allocs/decision | KB/decision | allowed / denied |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {

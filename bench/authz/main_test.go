@@ -95,6 +95,11 @@ func TestSmoke(t *testing.T) {
 	if len(res.InProcess) == 0 {
 		t.Error("no in-process results")
 	}
+	if i := slices.IndexFunc(res.InProcess, func(r inProcessResult) bool { return r.Scenario == "baseline" }); i < 0 {
+		t.Error("no machine baseline among the in-process results")
+	} else if b := res.InProcess[i]; b.Decisions == 0 || b.DecisionP50 <= 0 || b.DecisionP99 < b.DecisionP50 {
+		t.Errorf("machine baseline: %d runs, p50 %v, p99 %v", b.Decisions, b.DecisionP50, b.DecisionP99)
+	}
 	for _, p := range res.Problems {
 		t.Errorf("decision not as the scenario intends: %s", p)
 	}
