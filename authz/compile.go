@@ -1411,10 +1411,10 @@ func (g *generator) jwt() {
 	} else {
 		b.WriteString("jwt_valid := {t: claims |\n\tsome [t, k, _] in jwt_extracted\n\tclaims := jwt_verify(k, t)\n}\n\n")
 	}
-	b.WriteString(`jwt_found contains t if some [t, _, _] in jwt_extracted
-
+	b.WriteString(`# jwt.rego's invalid and denied ("configured" holds: a RequestAuthentication
+# applies).
 jwt_invalid contains t if {
-	some t in jwt_found
+	some [t, _, _] in jwt_extracted
 	not jwt_valid[t]
 }
 
