@@ -1144,11 +1144,20 @@ func (g *generator) added(verdicts bool) {
 		requestHeaders, toRemove = "jwt_request_headers", "jwt_request_headers_to_remove"
 		none = append(none, "not jwt_auth")
 	}
-	if verdicts {
-		none = append(none, "count(allowing_verdicts) == 0")
-	} else {
-		fmt.Fprintf(&g.body, "allowing_verdicts := []\n\n")
+	if !verdicts {
+		// Only the JWT's: the unions below of one object and nothing.
+		fmt.Fprintf(&g.body, `added := %s if {
+	%s
+} else := {
+	"headers": %s,
+	"response_headers_to_add": {},
+	"request_headers_to_remove": sort(%s),
+}
+
+`, empty, strings.Join(none, "\n\t"), requestHeaders, toRemove)
+		return
 	}
+	none = append(none, "count(allowing_verdicts) == 0")
 	fmt.Fprintf(&g.body, `added := %s if {
 	%s
 } else := {
@@ -1484,13 +1493,20 @@ jwt_path := input.attributes.request.http.path
 }
 
 `, g.strs(g.jwtPolicies))
-	b.WriteString(`jwt_validating_policies contains jwt_rules[k].id if {
+	// jwt.rego's validating_policies: the RequestAuthentications with a rule of
+	// the valid token's issuer that read it; with one rule, the token's.
+	if len(g.jwtRules) == 1 {
+		fmt.Fprintf(b, "jwt_validating_policies := {%s}\n\n", g.str(g.jwtRules[0].id))
+	} else {
+		b.WriteString(`jwt_validating_policies contains jwt_rules[k].id if {
 	some [t, k, _] in jwt_extracted
 	t == jwt_auth_token
 	jwt_rules[k].issuer == jwt_auth.claims.iss
 }
 
-# jwt.rego's reasons. Its "count(found) > 0" holds whenever a token is denied or
+`)
+	}
+	b.WriteString(`# jwt.rego's reasons. Its "count(found) > 0" holds whenever a token is denied or
 # valid, so it is left out.
 default jwt_reasons := []
 
@@ -1508,7 +1524,16 @@ jwt_request_headers_to_remove contains name if {
 	not jwt_rules[k].forwardOriginalToken
 }
 
-jwt_request_headers[name] := split(t, ".")[1] if {
+`)
+	outputs := false
+	for _, r := range g.jwtRules {
+		outputs = outputs || r.rule.GetOutputPayloadToHeader() != "" || len(r.rule.GetOutputClaimToHeaders()) > 0
+	}
+	if !outputs {
+		b.WriteString("jwt_request_headers := {}\n\n")
+		return
+	}
+	b.WriteString(`jwt_request_headers[name] := split(t, ".")[1] if {
 	some [t, k, _] in jwt_extracted
 	t == jwt_auth_token
 	name := jwt_rules[k].outputPayloadToHeader
