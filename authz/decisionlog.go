@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +48,7 @@ type DecisionLog struct {
 	dropped atomic.Uint64
 	done    chan struct{}
 	once    sync.Once
+	labels  []byte // cfg.Labels as JSON
 }
 
 // logEntry is what a decision hands to the writer: references only, encoded on the
@@ -66,6 +69,9 @@ func NewDecisionLog(cfg DecisionLogConfig) *DecisionLog {
 		cfg.Buffer = 4096
 	}
 	l := &DecisionLog{cfg: cfg, entries: make(chan logEntry, cfg.Buffer), done: make(chan struct{})}
+	if len(cfg.Labels) > 0 {
+		l.labels, _ = json.Marshal(cfg.Labels) // a map of strings always encodes
+	}
 	go l.run()
 	return l
 }
@@ -163,10 +169,9 @@ func (l *DecisionLog) encode(b []byte, e logEntry) []byte {
 	b = appendUUID(b)
 	b = append(b, `","path":`...)
 	b = appendString(b, l.cfg.Path)
-	if len(l.cfg.Labels) > 0 {
-		lb, _ := json.Marshal(l.cfg.Labels)
+	if len(l.labels) > 0 {
 		b = append(b, `,"labels":`...)
-		b = append(b, lb...)
+		b = append(b, l.labels...)
 	}
 	if e.revision != "" && l.cfg.Bundle != "" {
 		b = append(b, `,"bundles":{`...)
@@ -184,12 +189,8 @@ func (l *DecisionLog) encode(b []byte, e logEntry) []byte {
 	b = append(b, `","input":`...)
 	b = appendValue(b, e.input, inputMask)
 	if e.result != nil {
-		rb, err := json.Marshal(e.result)
-		if err != nil {
-			rb = []byte(`null`)
-		}
 		b = append(b, `,"result":`...)
-		b = append(b, rb...)
+		b = appendResult(b, e.result)
 	} else {
 		b = append(b, `,"result":{"allowed":false,"reason":`...)
 		b = appendString(b, e.decision.Reason)
@@ -270,6 +271,47 @@ func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
 	return appendString(b, v.String())
 }
 
+// appendResult appends a decision as OPA returns it (map[string]any, []any,
+// string, json.Number, bool, nil) as JSON, object keys sorted as encoding/json
+// sorts them; anything else goes through encoding/json.
+func appendResult(b []byte, v any) []byte {
+	switch v := v.(type) {
+	case nil:
+		return append(b, "null"...)
+	case bool:
+		return strconv.AppendBool(b, v)
+	case string:
+		return appendString(b, v)
+	case json.Number:
+		return append(b, v...)
+	case []any:
+		b = append(b, '[')
+		for i, x := range v {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendResult(b, x)
+		}
+		return append(b, ']')
+	case map[string]any:
+		b = append(b, '{')
+		for i, k := range slices.Sorted(maps.Keys(v)) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, k)
+			b = append(b, ':')
+			b = appendResult(b, v[k])
+		}
+		return append(b, '}')
+	}
+	bs, err := json.Marshal(v)
+	if err != nil {
+		return append(b, "null"...)
+	}
+	return append(b, bs...)
+}
+
 // appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
 func appendString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
@@ -289,9 +331,13 @@ func appendString(b []byte, s string) []byte {
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
+		switch {
+		case r == utf8.RuneError && size == 1:
 			b = append(b, `\ufffd`...)
-		} else {
+		case r == '\u2028' || r == '\u2029': // escaped as encoding/json does
+			b = append(b, `\u202`...)
+			b = append(b, hex[r&0xf])
+		default:
 			b = append(b, s[i:i+size]...)
 		}
 		i += size

@@ -156,3 +156,23 @@ func TestDecisionLogLinesAreJSON(t *testing.T) {
 		t.Errorf("%d lines, want 50", n)
 	}
 }
+
+// TestAppendResultIsJSON: a decision is encoded as encoding/json encodes it (keys
+// sorted), without escaping HTML.
+func TestAppendResultIsJSON(t *testing.T) {
+	for _, v := range []any{
+		map[string]any{"allowed": false, "http_status": json.Number("401"), "headers": map[string]any{"www-authenticate": `Bearer realm="x<y>&z"`},
+			"reasons": []any{map[string]any{"policy": "ns/p", "rule": json.Number("0"), "detail": "é\u2028\x01"}, nil}, "body": ""},
+		true, "s", []any{}, map[string]any{}, 3.5,
+	} {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(v); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(appendResult(nil, v)); got != strings.TrimSuffix(want.String(), "\n") {
+			t.Errorf("appendResult(%#v) = %s, want %s", v, got, want.String())
+		}
+	}
+}
