@@ -3,9 +3,10 @@ package authz
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
 	"math/rand/v2"
@@ -243,13 +244,14 @@ func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
 		}
 		return append(b, ']')
 	case ast.Object:
+		// Keys and Get rather than Foreach: a closure appending to b would move b
+		// and its state to the heap for every object.
 		b = append(b, '{')
-		first := true
-		v.Foreach(func(k, val *ast.Term) {
-			if !first {
+		for i, k := range v.Keys() {
+			val := v.Get(k)
+			if i > 0 {
 				b = append(b, ',')
 			}
-			first = false
 			key, ok := k.Value.(ast.String)
 			if !ok {
 				key = ast.String(k.Value.String())
@@ -265,7 +267,7 @@ func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
 			default:
 				b = appendValue(b, val.Value, child)
 			}
-		})
+		}
 		return append(b, '}')
 	}
 	return appendString(b, v.String())
@@ -347,11 +349,16 @@ func appendString(b []byte, s string) []byte {
 
 // appendUUID appends a random version 4 UUID, the form of OPA's decision IDs.
 func appendUUID(b []byte) []byte {
-	hi, lo := rand.Uint64(), rand.Uint64()
-	hi = hi&^0xf000 | 0x4000     // version 4
-	lo = lo&^(0xc<<60) | 0x8<<60 // RFC 4122 variant
-	s := fmt.Sprintf("%016x%016x", hi, lo)
-	return append(b, s[0:8]+"-"+s[8:12]+"-"+s[12:16]+"-"+s[16:20]+"-"+s[20:32]...)
+	var u [16]byte
+	binary.BigEndian.PutUint64(u[:8], rand.Uint64()&^0xf000|0x4000)     // version 4
+	binary.BigEndian.PutUint64(u[8:], rand.Uint64()&^(0xc<<60)|0x8<<60) // RFC 4122 variant
+	for i, group := range [][2]int{{0, 4}, {4, 6}, {6, 8}, {8, 10}, {10, 16}} {
+		if i > 0 {
+			b = append(b, '-')
+		}
+		b = hex.AppendEncode(b, u[group[0]:group[1]])
+	}
+	return b
 }
 
 // OpenDecisionLog starts a decision log writing to path ("-": standard output),

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -174,5 +175,14 @@ func TestAppendResultIsJSON(t *testing.T) {
 		if got := string(appendResult(nil, v)); got != strings.TrimSuffix(want.String(), "\n") {
 			t.Errorf("appendResult(%#v) = %s, want %s", v, got, want.String())
 		}
+	}
+}
+
+// TestDecisionIDs: decision IDs are random version 4 UUIDs, as OPA's.
+func TestDecisionIDs(t *testing.T) {
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	a, b := string(appendUUID(nil)), string(appendUUID(nil))
+	if !uuid.MatchString(a) || !uuid.MatchString(b) || a == b {
+		t.Errorf("decision IDs %q and %q: want two different version 4 UUIDs", a, b)
 	}
 }

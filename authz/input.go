@@ -336,7 +336,7 @@ func httpRequest(h *authv3.AttributeContext_HttpRequest, headers map[string]stri
 		hs := ast.NewObject()
 		for _, name := range parts.headerNames {
 			if v, ok := headers[name]; ok {
-				hs.Insert(ast.StringTerm(name), ast.StringTerm(v))
+				hs.Insert(keyTerm(name), ast.StringTerm(v))
 			}
 		}
 		if hs.Len() > 0 {
@@ -370,9 +370,34 @@ func httpRequest(h *authv3.AttributeContext_HttpRequest, headers map[string]stri
 func stringMap(m map[string]string) *ast.Term {
 	o := ast.NewObjectWithCapacity(len(m))
 	for k, v := range m {
-		o.Insert(ast.StringTerm(k), ast.StringTerm(v))
+		o.Insert(keyTerm(k), ast.StringTerm(v))
 	}
 	return ast.NewTerm(o)
+}
+
+// commonKeys are terms of the header names (and context extensions) most
+// requests carry, shared by every input (OPA never modifies its input), so that
+// building the headers allocates only their values.
+var commonKeys = func() map[string]*ast.Term {
+	m := map[string]*ast.Term{}
+	for _, k := range []string{
+		":authority", ":method", ":path", ":scheme", "accept", "accept-encoding", "accept-language",
+		"authorization", "content-length", "content-type", "cookie", "grpc-timeout", "te", "traceparent",
+		"tracestate", "user-agent", "x-b3-parentspanid", "x-b3-sampled", "x-b3-spanid", "x-b3-traceid",
+		"x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-external-address",
+		"x-envoy-internal", "x-forwarded-client-cert", "x-forwarded-for", "x-forwarded-proto",
+		"x-request-id", ExtensionWorkloadNamespace, ExtensionWorkloadLabels,
+	} {
+		m[k] = ast.StringTerm(k)
+	}
+	return m
+}()
+
+func keyTerm(k string) *ast.Term {
+	if t, ok := commonKeys[k]; ok {
+		return t
+	}
+	return ast.StringTerm(k)
 }
 
 // timestamp formats t as protojson does.
