@@ -102,18 +102,35 @@ func (l *DecisionLog) Close(ctx context.Context) error {
 	}
 }
 
+// flushDelay is how long a logged decision may wait in the writer's buffer for
+// others to share its write (a full buffer is written at once).
+const flushDelay = 20 * time.Millisecond
+
 func (l *DecisionLog) run() {
 	defer close(l.done)
 	w := bufio.NewWriterSize(l.cfg.Writer, 64<<10)
+	flush := time.NewTimer(flushDelay)
+	flush.Stop()
+	pending := false
 	var buf []byte
-	for e := range l.entries {
-		buf = l.encode(buf[:0], e)
-		w.Write(buf)
-		if len(l.entries) == 0 {
-			w.Flush() // write out when idle, batch when busy
+	for {
+		select {
+		case e, ok := <-l.entries:
+			if !ok {
+				w.Flush()
+				return
+			}
+			buf = l.encode(buf[:0], e)
+			w.Write(buf)
+			if !pending {
+				flush.Reset(flushDelay)
+				pending = true
+			}
+		case <-flush.C:
+			w.Flush()
+			pending = false
 		}
 	}
-	w.Flush()
 }
 
 // masked are the input fields whose values are replaced, as JSON pointers. In the
@@ -319,15 +336,32 @@ func appendString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); {
+		// Bytes that need no escaping are copied in one run.
+		j := i
+		for j < len(s) && s[j] >= 0x20 && s[j] < utf8.RuneSelf && s[j] != '"' && s[j] != '\\' {
+			j++
+		}
+		b = append(b, s[i:j]...)
+		if i = j; i == len(s) {
+			break
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
+			switch c {
+			case '"', '\\':
 				b = append(b, '\\', c)
-			case c < 0x20:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
 			default:
-				b = append(b, c)
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 			}
 			i++
 			continue

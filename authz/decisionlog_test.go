@@ -164,7 +164,7 @@ func TestAppendResultIsJSON(t *testing.T) {
 	for _, v := range []any{
 		map[string]any{"allowed": false, "http_status": json.Number("401"), "headers": map[string]any{"www-authenticate": `Bearer realm="x<y>&z"`},
 			"reasons": []any{map[string]any{"policy": "ns/p", "rule": json.Number("0"), "detail": "é\u2028\x01"}, nil}, "body": ""},
-		true, "s", []any{}, map[string]any{}, 3.5,
+		true, "s", "back\\slash \"quoted\" bad\xffutf8 tab\t", []any{}, map[string]any{}, 3.5,
 	} {
 		var want bytes.Buffer
 		enc := json.NewEncoder(&want)
