@@ -90,7 +90,7 @@ type daemon struct {
 	MonAddr    string
 	CAAddr     string
 	// AuthzAddr is the ext_authz endpoint, BundleAddr the policy bundle server;
-	// decisions are logged to DecisionLog.
+	// decisions are logged to DecisionLog ("": not logged).
 	AuthzAddr, BundleAddr, DecisionLog string
 	cmd                                *exec.Cmd
 	out                                *syncbuf.Buffer
@@ -103,8 +103,17 @@ type daemon struct {
 // test failed, its output is logged.
 func startPalisaded(t *testing.T, dir string) *daemon {
 	t.Helper()
+	return startPalisadedLogging(t, dir, true)
+}
+
+// startPalisadedLogging is startPalisaded with decisions logged or not (without
+// the log, palisaded gives each query only the parts of the input it reads).
+func startPalisadedLogging(t *testing.T, dir string, logged bool) *daemon {
+	t.Helper()
 	d := &daemon{Dir: dir, DataDir: t.TempDir()}
-	d.DecisionLog = filepath.Join(d.DataDir, "decisions.log")
+	if logged {
+		d.DecisionLog = filepath.Join(d.DataDir, "decisions.log")
+	}
 	d.start(t, false)
 	t.Cleanup(func() {
 		d.stop()
@@ -132,7 +141,7 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 		if source == nil {
 			source = []string{"--config-dir", d.Dir}
 		}
-		d.cmd = exec.Command(palisadedBin, append(source,
+		args := append(source,
 			"--xds-address", d.XDSAddr,
 			"--monitoring-address", d.MonAddr,
 			"--data-dir", d.DataDir,
@@ -140,9 +149,12 @@ func (d *daemon) start(t *testing.T, keepPorts bool) {
 			"--bundle-endpoint-address", "",
 			"--authz-address", d.AuthzAddr,
 			"--policy-bundle-address", d.BundleAddr,
-			"--decision-log", d.DecisionLog,
 			"--log-level", "debug",
-		)...)
+		)
+		if d.DecisionLog != "" {
+			args = append(args, "--decision-log", d.DecisionLog)
+		}
+		d.cmd = exec.Command(palisadedBin, args...)
 		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 		if err := d.cmd.Start(); err != nil {
 			t.Fatalf("starting palisaded: %v", err)
