@@ -118,8 +118,8 @@ var allParts = inputParts{
 	parsedPath: true, parsedQuery: true, parsedBody: true, palisade: true,
 }
 
-// partsOf returns the parts of the input that hold the given paths (and all of
-// it for a path it does not know the shape under).
+// partsOf returns the parts of the input that hold the given paths
+// (rego.Prepared.InputPaths: input itself is all of it).
 func partsOf(paths []ast.Ref) *inputParts {
 	parts := &inputParts{}
 	for _, path := range paths {
@@ -159,9 +159,8 @@ func (ps *inputParts) add(keys []string) {
 	case "attributes":
 		switch at(1) {
 		case "":
-			palisade, parsed := ps.palisade, [3]bool{ps.parsedPath, ps.parsedQuery, ps.parsedBody}
-			*ps = allParts
-			ps.palisade, ps.parsedPath, ps.parsedQuery, ps.parsedBody = palisade, parsed[0], parsed[1], parsed[2]
+			ps.source, ps.destination, ps.requestTime, ps.http, ps.headers = true, true, true, true, true
+			ps.contextExtensions, ps.metadata, ps.routeMetadata, ps.tls = true, true, true, true
 		case "source":
 			ps.source = true
 		case "destination":
