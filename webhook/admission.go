@@ -9,10 +9,10 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	sigsjson "sigs.k8s.io/json"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 )
 
 // maxReviewBytes bounds an AdmissionReview body. It holds at most an object and its

@@ -2,7 +2,6 @@ package webhook_test
 
 import (
 	"encoding/json"
-	sigsjson "sigs.k8s.io/json"
 	"testing"
 
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
@@ -10,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	sigsjson "sigs.k8s.io/json"
 
 	"github.com/palisade-mesh/palisade/webhook"
 )

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	sigsjson "sigs.k8s.io/json"
 	"slices"
 	"strconv"
 	"text/template"
@@ -14,6 +13,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 )
 
 // Names that pods, namespaces and the webhook configuration share with Palisade.

@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	sigsjson "sigs.k8s.io/json"
 	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	sigsjson "sigs.k8s.io/json"
 )
 
 // patchOp is one RFC 6902 JSON patch operation. Only "add" is used: on an object
@@ -22,13 +22,19 @@ type patchOp struct {
 
 // podArrays are the parts of a pod's JSON that the injection extends, kept as the
 // API server sent them: the pod's own entries go back unchanged, including fields
-// this build's k8s.io/api does not know.
+// this build's k8s.io/api does not know. Metadata and Spec are nil when the pod
+// has none (or null): a patch cannot add a member to an object that is not there,
+// so it creates them first (the API server sends pods with both, but a patch must
+// apply to whatever it was made for).
 type podArrays struct {
-	Spec struct {
-		InitContainers []json.RawMessage `json:"initContainers"`
-		Containers     []json.RawMessage `json:"containers"`
-		Volumes        []json.RawMessage `json:"volumes"`
-	} `json:"spec"`
+	Metadata *struct{}      `json:"metadata"`
+	Spec     *podSpecArrays `json:"spec"`
+}
+
+type podSpecArrays struct {
+	InitContainers []json.RawMessage `json:"initContainers"`
+	Containers     []json.RawMessage `json:"containers"`
+	Volumes        []json.RawMessage `json:"volumes"`
 }
 
 // patch renders the sidecar for pod (decoded from raw) and returns the JSON patch
@@ -53,24 +59,13 @@ func (i *Injector) patch(pod *corev1.Pod, raw []byte) ([]byte, string, error) {
 	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &current); err != nil {
 		return nil, resultError, fmt.Errorf("decoding the pod: %w", err)
 	}
-
-	// A patch cannot add a member to an object that is not there: the API server
-	// sends pods with both, but a patch must apply to whatever it was made for.
-	var parts struct {
-		Metadata json.RawMessage `json:"metadata"`
-		Spec     json.RawMessage `json:"spec"`
-	}
-	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &parts); err != nil {
-		return nil, resultError, fmt.Errorf("decoding the pod: %w", err)
-	}
 	var ops []patchOp
-	for _, part := range []struct {
-		path  string
-		value json.RawMessage
-	}{{"/metadata", parts.Metadata}, {"/spec", parts.Spec}} {
-		if len(part.value) == 0 || string(part.value) == "null" {
-			ops = append(ops, patchOp{"add", part.path, map[string]any{}})
-		}
+	if current.Metadata == nil {
+		ops = append(ops, patchOp{"add", "/metadata", map[string]any{}})
+	}
+	if current.Spec == nil {
+		ops = append(ops, patchOp{"add", "/spec", map[string]any{}})
+		current.Spec = &podSpecArrays{}
 	}
 	// Injected init containers go first: capture must be in place before the
 	// application's init containers run, and these have the mesh then.

@@ -45,9 +45,10 @@ func (s *Source) updateService(key types.NamespacedName) {
 	if spec == nil {
 		return // no TCP port: not part of the mesh
 	}
+	src := serviceSource(key.Namespace, key.Name)
 	obj := config.Object{
 		Key:    config.Key{Kind: config.KindServiceEntry, Namespace: key.Namespace, Name: key.Name},
-		Source: serviceSource(key.Namespace, key.Name),
+		Source: src,
 		Spec:   spec,
 	}
 	var prev config.Object
@@ -63,7 +64,7 @@ func (s *Source) updateService(key types.NamespacedName) {
 		obj = config.Object{}
 	}
 	var kept []config.Diagnostic
-	st.served, kept = lastGood(prev, obj, serviceSource(key.Namespace, key.Name))
+	st.served, kept = lastGood(prev, obj, src)
 	st.diags = append(st.diags, kept...)
 }
 
