@@ -237,7 +237,7 @@ func compileWorkload(snap *mesh.Snapshot, placed map[config.Key]bool, k Workload
 		regos[i].verdict = fmt.Sprintf("verdict_%d", i)
 	}
 
-	g := &generator{requestAuthn: len(jwtPolicies) > 0, jwtRules: jwtRules, jwtPolicies: jwtPolicies, imports: map[string]bool{}, attrs: map[string]string{}}
+	g := &generator{jwtRules: jwtRules, jwtPolicies: jwtPolicies, imports: map[string]bool{}, attrs: map[string]string{}}
 	g.module(policies, regos)
 	if g.err != nil {
 		return "", g.err
@@ -347,16 +347,18 @@ func attributeOf(key string) (kind attrKind, arg []string, ok bool) {
 // The generator.
 
 type generator struct {
-	requestAuthn bool            // a RequestAuthentication applies
-	jwtRules     []jwtRule       // their rules
-	jwtPolicies  []string        // "NS/NAME" of the RequestAuthentications that apply
-	body         strings.Builder // the rules, after the header
-	helpers      strings.Builder // helper rules (disjunctions), written last
-	imports      map[string]bool // library packages referred to
-	attrs        map[string]string
-	uses         map[string]bool // local attribute rules referred to
-	err          error
+	jwtPolicies []string        // "NS/NAME" of the RequestAuthentications that apply
+	jwtRules    []jwtRule       // their rules
+	body        strings.Builder // the rules, after the header
+	helpers     strings.Builder // helper rules (disjunctions), written last
+	imports     map[string]bool // library packages referred to
+	attrs       map[string]string
+	uses        map[string]bool // local attribute rules referred to
+	err         error
 }
+
+// requestAuthn says that a RequestAuthentication applies.
+func (g *generator) requestAuthn() bool { return len(g.jwtPolicies) > 0 }
 
 // ref is a rule or function of a library package (authz, jwt or mesh), which the
 // module then imports.
@@ -980,7 +982,7 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 
 	// The reasons of each step, as decision.rego concatenates them.
 	var jwtReasons, customReasons, auditReasons, regoReasons []string
-	if g.requestAuthn {
+	if g.requestAuthn() {
 		jwtReasons = []string{"jwt_reasons"}
 	}
 	if len(custom.can) > 0 {
@@ -1037,7 +1039,7 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 			{"body", body}, {"reason", reason}, {"reasons", concatArrays(reasons...)},
 		}
 	}
-	if g.requestAuthn {
+	if g.requestAuthn() {
 		branch("1. An invalid JWT denies (401).", denial("401", `{"www-authenticate": jwt_www_authenticate}`,
 			"jwt_reason", "jwt_reason", jwtReasons), "jwt_denied")
 	}
@@ -1082,7 +1084,7 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 	}
 	verdicts := len(custom.can) > 0 || len(plain) > 0
 	headers := [3]string{"{}", "{}", "[]"}
-	if g.requestAuthn || verdicts {
+	if g.requestAuthn() || verdicts {
 		headers = [3]string{"added.headers", "added.response_headers_to_add", "added.request_headers_to_remove"}
 	}
 	branch("Every step allowed.", [][2]string{
@@ -1093,11 +1095,11 @@ func (g *generator) module(policies []applied, regos []regoApplied) {
 	}, "is_string(input.palisade.workload.namespace)", "is_string(data.palisade.config.root_namespace)")
 	g.body.WriteString("\n\n")
 
-	if g.requestAuthn || verdicts {
+	if g.requestAuthn() || verdicts {
 		g.added(verdicts)
 	}
 	g.regoPolicies(regos, plain, custom.can)
-	if g.requestAuthn {
+	if g.requestAuthn() {
 		g.jwt()
 	}
 	g.attributes()
@@ -1140,7 +1142,7 @@ func (g *generator) added(verdicts bool) {
 	empty := `{"headers": {}, "response_headers_to_add": {}, "request_headers_to_remove": []}`
 	requestHeaders, toRemove := "{}", "set()"
 	var none []string
-	if g.requestAuthn {
+	if g.requestAuthn() {
 		requestHeaders, toRemove = "jwt_request_headers", "jwt_request_headers_to_remove"
 		none = append(none, "not jwt_auth")
 	}
@@ -1312,18 +1314,18 @@ func (g *generator) attributes() {
 		return
 	}
 	g.body.WriteString("# ---------------------------------------------------------------------------\n# request.auth.*\n\n")
-	if !g.requestAuthn {
+	if !g.requestAuthn() {
 		g.body.WriteString("# No RequestAuthentication applies: no token is validated, so no request.auth.\n")
 	}
 	if g.uses["request_principal"] {
-		if g.requestAuthn {
+		if g.requestAuthn() {
 			g.body.WriteString("default request_principal := \"\"\n\nrequest_principal := jwt_auth.principal\n\n")
 		} else {
 			g.body.WriteString("request_principal := \"\"\n\n")
 		}
 	}
 	if g.uses["request_auth"] {
-		if g.requestAuthn {
+		if g.requestAuthn() {
 			g.body.WriteString("request_auth := jwt_auth\n\n")
 		} else {
 			g.body.WriteString("request_auth := {}\n\n")
