@@ -17,6 +17,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -34,7 +35,7 @@ import (
 // Scenarios: snapshots, and the workloads to compile for them.
 
 // compileScenario is a snapshot and the workloads whose requests the test
-// decides; fallback are those Compile must leave to the library.
+// decides; fallback are those compile must leave to the library.
 type compileScenario struct {
 	name      string
 	snap      *mesh.Snapshot
@@ -438,12 +439,13 @@ type preparedPair struct {
 	prep    *rego.Prepared
 	queries map[WorkloadKey]string
 	modules map[string]string
+	natives map[WorkloadKey]*nativeDecision
 }
 
 func preparePair(t testing.TB, snap *mesh.Snapshot, workloads []WorkloadKey, jwks JWKSSource, tamper func(map[string]string)) preparedPair {
 	t.Helper()
 	p, _ := Policy(snap, jwks)
-	modules, queries := Compile(snap, workloads, jwks)
+	modules, queries, natives := compile(snap, workloads, jwks)
 	if tamper != nil {
 		tamper(modules)
 	}
@@ -462,7 +464,7 @@ func preparePair(t testing.TB, snap *mesh.Snapshot, workloads []WorkloadKey, jwk
 	if err != nil {
 		t.Fatalf("preparing the library and the compiled modules: %v", err)
 	}
-	return preparedPair{prep: prep, queries: queries, modules: modules}
+	return preparedPair{prep: prep, queries: queries, modules: modules, natives: natives}
 }
 
 // differences decides n random requests per workload both ways and returns the
@@ -496,9 +498,21 @@ func (pp preparedPair) differences(t testing.TB, gen *requestGen, workloads []Wo
 			if (wantErr == nil) != (gotErr == nil) {
 				diff = fmt.Sprintf("library error %v, compiled error %v", wantErr, gotErr)
 			}
+			// The native decision, where there is one, as the decision and as the
+			// result the decision log records.
+			if n := pp.natives[k]; n != nil && diff == "" {
+				d := n.decide(req, time.Now())
+				if diff = cmp.Diff(want, any(d.result())); diff == "" && wantErr == nil {
+					parsed, _ := parseDecision(want)
+					diff = cmp.Diff(parsed, d, cmpopts.EquateEmpty())
+				}
+				if diff != "" {
+					diff = "native: " + diff
+				}
+			}
 			if diff != "" && len(diffs) < max {
 				h := req.GetAttributes().GetRequest().GetHttp()
-				diffs = append(diffs, fmt.Sprintf("workload %+v, %s %q host %q from %q ip %s headers %q:\n(-library +compiled)\n%s",
+				diffs = append(diffs, fmt.Sprintf("workload %+v, %s %q host %q from %q ip %s headers %q:\n(-library +compiled or native)\n%s",
 					k, h.GetMethod(), h.GetPath(), h.GetHost(), req.GetAttributes().GetSource().GetPrincipal(),
 					req.GetAttributes().GetSource().GetAddress().GetSocketAddress().GetAddress(), h.GetHeaders(), diff))
 			}
@@ -541,7 +555,7 @@ func TestCompiledDecisionEqualsLibrary(t *testing.T) {
 			if len(reasons) < 3 {
 				t.Errorf("only %d distinct reasons in %d decisions: %v", len(reasons), n, slices.Sorted(maps.Keys(reasons)))
 			}
-			t.Logf("%d workloads, %d decisions compared, %d distinct reasons", len(sc.workloads), n, len(reasons))
+			t.Logf("%d workloads (%d native), %d decisions compared, %d distinct reasons", len(sc.workloads), len(pp.natives), n, len(reasons))
 		})
 	}
 	t.Logf("%d decisions compared in all", total)
@@ -586,6 +600,86 @@ spec:
 			diffs, n, _ := pp.differences(t, newRequestGen(s, 7), keys, 300, 1)
 			if len(diffs) == 0 {
 				t.Errorf("%d decisions of a module with %q for %q all equal the library's", n, c.new, c.old)
+			}
+		})
+	}
+}
+
+// TestDifferentialHarnessCatchesNativeMistakes: so are native decisions that
+// decide differently.
+func TestDifferentialHarnessCatchesNativeMistakes(t *testing.T) {
+	s := newSigners(t)
+	for _, c := range []struct {
+		name   string
+		tamper func(d *nativeDecision) bool // false: nothing to tamper with
+	}{
+		{"a rule that matches more", func(d *nativeDecision) bool {
+			for i := range d.allow {
+				for j := range d.allow[i].rules {
+					if r := &d.allow[i].rules[j]; len(r.match) > 0 {
+						r.match = r.match[1:]
+						return true
+					}
+				}
+			}
+			return false
+		}},
+		{"a rule's index", func(d *nativeDecision) bool {
+			for _, p := range d.allow {
+				for j := range p.rules {
+					reason := maps.Clone(p.rules[j].reason.(map[string]any))
+					reason["rule"] = json.Number("9")
+					p.rules[j].reason = reason
+				}
+			}
+			return len(d.allow) > 0
+		}},
+		{"the reasons of no match", func(d *nativeDecision) bool {
+			d.noMatch = d.noMatch[:len(d.noMatch)/2]
+			return len(d.allow) > 0
+		}},
+		{"a JWT audience", func(d *nativeDecision) bool {
+			if d.jwt == nil {
+				return false
+			}
+			for i := range d.jwt.rules {
+				d.jwt.rules[i].audiences = []string{"someone-else"}
+			}
+			return true
+		}},
+		{"a JWT header removal", func(d *nativeDecision) bool {
+			if d.jwt == nil {
+				return false
+			}
+			for i := range d.jwt.rules {
+				d.jwt.rules[i].forwardOriginal = !d.jwt.rules[i].forwardOriginal
+			}
+			return true
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			snap := decodeSnapshot(t, fmt.Sprintf(readTestdata(t, "e2e.yaml"), s.main.JWKS())+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: default}
+spec:
+  action: AUDIT
+  rules: [{}]
+`)
+			keys := []WorkloadKey{{"default", "app=reviews"}, {"default", "app=ratings"}}
+			pp := preparePair(t, snap, keys, nil, nil)
+			tampered := 0
+			for _, d := range pp.natives {
+				if c.tamper(d) {
+					tampered++
+				}
+			}
+			if tampered == 0 {
+				t.Fatalf("no native decision to tamper with")
+			}
+			diffs, n, _ := pp.differences(t, newRequestGen(s, 7), keys, 300, 1)
+			if len(diffs) == 0 {
+				t.Errorf("%d decisions of native decisions with %s all equal the library's", n, c.name)
 			}
 		})
 	}
@@ -708,10 +802,10 @@ func TestCompileDeterministic(t *testing.T) {
 	s := newSigners(t)
 	for _, sc := range scenarios(t, s) {
 		keys := slices.Clone(sc.workloads)
-		m1, q1 := Compile(sc.snap, keys, nil)
+		m1, q1, _ := compile(sc.snap, keys, nil)
 		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 		keys = append(keys, keys[0]) // a duplicate
-		m2, q2 := Compile(sc.snap, keys, nil)
+		m2, q2, _ := compile(sc.snap, keys, nil)
 		if d := cmp.Diff(m1, m2); d != "" {
 			t.Errorf("%s: modules differ:\n%s", sc.name, d)
 		}
@@ -731,7 +825,7 @@ func TestCompiledModulesStrict(t *testing.T) {
 	s := newSigners(t)
 	for _, sc := range scenarios(t, s) {
 		p, _ := Policy(sc.snap, nil)
-		modules, _ := Compile(sc.snap, sc.workloads, nil)
+		modules, _, _ := compile(sc.snap, sc.workloads, nil)
 		parsed := map[string]*ast.Module{}
 		for name, text := range modules {
 			m, err := ast.ParseModuleWithOpts(name, text, ast.ParserOptions{RegoVersion: ast.RegoV1})
@@ -844,7 +938,7 @@ spec:
 func TestCompiledModuleShape(t *testing.T) {
 	snap := decodeSnapshot(t, smallPolicies)
 	k := WorkloadKey{"default", "app=reviews"}
-	modules, queries := Compile(snap, []WorkloadKey{k}, nil)
+	modules, queries, _ := compile(snap, []WorkloadKey{k}, nil)
 	q := queries[k]
 	if !strings.HasPrefix(q, "data.palisade.compiled.w_") || !strings.HasSuffix(q, ".decision") {
 		t.Fatalf("query %q", q)
@@ -854,11 +948,11 @@ func TestCompiledModuleShape(t *testing.T) {
 	if !ok || len(modules) != 2 || modules[typeCheckFile] == "" {
 		t.Fatalf("modules %v, want %s and %s", slices.Sorted(maps.Keys(modules)), compiledFile(pkg), typeCheckFile)
 	}
-	if m, q := Compile(snap, []WorkloadKey{{"default", "app=sa"}}, nil); len(m) != 2 || len(q) != 1 {
-		t.Errorf("Compile of one workload: %d modules, %d queries", len(m), len(q))
+	if m, q, _ := compile(snap, []WorkloadKey{{"default", "app=sa"}}, nil); len(m) != 2 || len(q) != 1 {
+		t.Errorf("compile of one workload: %d modules, %d queries", len(m), len(q))
 	}
-	if m, q := Compile(snap, nil, nil); len(m) != 0 || len(q) != 0 {
-		t.Errorf("Compile of no workload: %d modules, %d queries", len(m), len(q))
+	if m, q, _ := compile(snap, nil, nil); len(m) != 0 || len(q) != 0 {
+		t.Errorf("compile of no workload: %d modules, %d queries", len(m), len(q))
 	}
 	for _, want := range []string{
 		"package " + pkg + "\n",
@@ -910,7 +1004,7 @@ func BenchmarkCompiledDecision(b *testing.B) {
 				p, _ := Policy(sc.snap, nil)
 				p.Modules, p.Queries = maps.Clone(p.Modules), nil
 				if mode == "compiled" {
-					modules, queries := Compile(sc.snap, []WorkloadKey{sc.key}, nil)
+					modules, queries, _ := compile(sc.snap, []WorkloadKey{sc.key}, nil)
 					if queries[sc.key] == "" {
 						b.Fatal("not compiled")
 					}

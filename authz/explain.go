@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -90,10 +91,11 @@ func (s *Server) Explain(ctx context.Context, snap *mesh.Snapshot, trustDomain s
 			ExtensionWorkloadLabels:    EncodeLabels(keys, labels),
 		},
 	}}
-	d, _, revision := s.decide(ctx, s.cfg.Policies.Current(), WorkloadQuery(req), Input(req)) // not counted as a decision
+	e := evaluate(ctx, s.cfg.Policies.Current(), req, time.Now(), false) // not counted as a decision
+	d := e.decision
 	return Explanation{
 		Allowed: d.Allowed, HTTPStatus: d.HTTPStatus, Reason: d.Reason, Reasons: d.Reasons, Failure: string(d.Failure),
-		Revision: revision, Service: svc.Hostname, Port: port, Namespace: svc.Namespace, Labels: labels,
+		Revision: e.revision, Service: svc.Hostname, Port: port, Namespace: svc.Namespace, Labels: labels,
 	}, nil
 }
 

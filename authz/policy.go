@@ -63,12 +63,15 @@ func Policy(snap *mesh.Snapshot, jwks JWKSSource) (rego.Policy, []config.Diagnos
 		}
 		regoPolicies[p.Key.Namespace] = append(regoPolicies[p.Key.Namespace], entry(p.Key, spec))
 	}
-	queries := map[string]string{}
+	queries, natives := map[string]string{}, nativeDecisions{}
 	if len(snap.AuthorizationPolicies)+len(snap.RequestAuthentications)+len(snap.RegoPolicies) > 0 {
-		compiled, byWorkload := Compile(snap, compiledWorkloads(snap), jwks)
+		compiled, byWorkload, native := compile(snap, compiledWorkloads(snap), jwks)
 		maps.Copy(modules, compiled)
 		for k, q := range byWorkload {
 			queries[workloadQueryName(k.Namespace, k.Labels)] = q
+		}
+		for k, d := range native {
+			natives[workloadQueryName(k.Namespace, k.Labels)] = d
 		}
 	}
 	data := map[string]any{"palisade": map[string]any{"config": map[string]any{
@@ -77,7 +80,7 @@ func Policy(snap *mesh.Snapshot, jwks JWKSSource) (rego.Policy, []config.Diagnos
 		"request_authentications": byNamespace(requestAuthns),
 		"rego_policies":           byNamespace(regoPolicies),
 	}}}
-	return rego.Policy{Modules: modules, Data: data, Queries: queries, Revision: revision(modules, data)}, diags
+	return rego.Policy{Modules: modules, Data: data, Queries: queries, Native: natives, Revision: revision(modules, data)}, diags
 }
 
 // MaxCompiledWorkloads bounds the workloads whose decisions are compiled: preparing

@@ -94,23 +94,57 @@ func (s *Server) Register(g *grpc.Server) { authv3.RegisterAuthorizationServer(g
 // Check decides one request.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	p := s.cfg.Policies.Current()
-	query := WorkloadQuery(req)
-	var input ast.Value
-	if s.cfg.DecisionLog != nil {
-		input = Input(req) // the log has all of it
-	} else {
-		input = QueryInput(p, query, req)
-	}
-	d, result, revision := s.counted(s.decide(ctx, p, query, input))
-	if l := s.cfg.DecisionLog; l != nil {
+	logged := s.cfg.DecisionLog != nil
+	e := s.counted(evaluate(ctx, s.cfg.Policies.Current(), req, start, logged))
+	if logged {
 		var addr string
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 			addr = p.Addr.String()
 		}
-		l.log(logEntry{time: start, input: input, result: result, decision: d, revision: revision, peer: addr, duration: time.Since(start)})
+		s.cfg.DecisionLog.log(logEntry{time: start, input: e.input, result: e.result, decision: e.decision, revision: e.revision, peer: addr, duration: time.Since(start)})
 	}
-	return d.response(), nil
+	return e.decision.response(), nil
+}
+
+// evaluation is one request's decision with what the decision log records of it.
+type evaluation struct {
+	decision Decision
+	result   any       // the policy's result; nil when no policy decided
+	input    ast.Value // the whole input, when asked for
+	revision string
+}
+
+// evaluate decides req by policy p (nil: none is loaded) at time now: by the
+// native decision of the workload the context extensions name when p has one,
+// else by its compiled Rego decision, else by the mesh library (on the parts of
+// the input the query reads). With full, the evaluation has the whole input and
+// the policy's result, as the decision log needs them.
+func evaluate(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest, now time.Time, full bool) evaluation {
+	query := WorkloadQuery(req)
+	if p != nil {
+		if n, ok := p.Policy.Native.(nativeDecisions); ok && n[query] != nil {
+			e := evaluation{decision: n[query].decide(req, now), revision: p.Policy.Revision}
+			if full {
+				e.input, e.result = Input(req), e.decision.result()
+			}
+			return e
+		}
+	}
+	var input ast.Value
+	if full {
+		input = Input(req)
+	} else {
+		input = QueryInput(p, query, req)
+	}
+	e := decide(ctx, p, query, input)
+	e.input = input
+	return e
+}
+
+// Decide decides req by policy p as the ext_authz server does (without counting
+// or logging it).
+func Decide(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest) Decision {
+	return evaluate(ctx, p, req, time.Now(), false).decision
 }
 
 // QueryInput is the input for evaluating query of policy p (see EvalNamed): the
@@ -130,35 +164,37 @@ func QueryInput(p *rego.Prepared, query string, req *authv3.CheckRequest) ast.Va
 // by the mesh library. It returns the decision, the policy's raw result (nil when no
 // policy decided) and the policy's revision.
 func (s *Server) Decide(ctx context.Context, query string, input ast.Value) (Decision, any, string) {
-	return s.counted(s.decide(ctx, s.cfg.Policies.Current(), query, input))
+	e := s.counted(decide(ctx, s.cfg.Policies.Current(), query, input))
+	return e.decision, e.result, e.revision
 }
 
 // counted counts a decision in the metric, and logs a denial no policy made.
-func (s *Server) counted(d Decision, result any, revision string) (Decision, any, string) {
+func (s *Server) counted(e evaluation) evaluation {
+	d := e.decision
 	s.outcomes[outcome{d.Allowed, d.Failure}].Inc()
 	if d.Failure != FailureNone {
 		s.cfg.Logger.Warn("request denied without a policy decision", "reason", d.Failure, "error", d.Reason)
 	}
-	return d, result, revision
+	return e
 }
 
-// decide evaluates policy p (nil: none is loaded) for one input.
-func (s *Server) decide(ctx context.Context, p *rego.Prepared, query string, input ast.Value) (Decision, any, string) {
+// decide evaluates Rego policy p (nil: none is loaded) for one input.
+func decide(ctx context.Context, p *rego.Prepared, query string, input ast.Value) evaluation {
 	if p == nil {
-		return failed(FailureNoPolicy, "no policy is loaded"), nil, ""
+		return evaluation{decision: failed(FailureNoPolicy, "no policy is loaded")}
 	}
 	result, err := p.EvalNamed(ctx, query, input)
 	switch {
 	case errors.Is(err, rego.ErrUndefined):
-		return failed(FailureUndefined, "the decision is undefined"), nil, p.Policy.Revision
+		return evaluation{decision: failed(FailureUndefined, "the decision is undefined"), revision: p.Policy.Revision}
 	case err != nil:
-		return failed(FailureEval, fmt.Sprintf("evaluating the policy: %v", err)), nil, p.Policy.Revision
+		return evaluation{decision: failed(FailureEval, fmt.Sprintf("evaluating the policy: %v", err)), revision: p.Policy.Revision}
 	}
 	d, err := parseDecision(result)
 	if err != nil {
-		return failed(FailureBadResult, err.Error()), nil, p.Policy.Revision
+		return evaluation{decision: failed(FailureBadResult, err.Error()), revision: p.Policy.Revision}
 	}
-	return d, result, p.Policy.Revision
+	return evaluation{decision: d, result: result, revision: p.Policy.Revision}
 }
 
 // Serve serves the Authorization service on lis until ctx ends, then stops

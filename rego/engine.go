@@ -25,7 +25,11 @@ type Policy struct {
 	// Queries are more decisions to prepare beside the engine's own, by name: the
 	// compiled decisions of single workloads, each equal to the engine's query for
 	// that workload's requests but cheaper to evaluate.
-	Queries  map[string]string
+	Queries map[string]string
+	// Native holds what the policy's owner evaluates itself, outside OPA, derived
+	// from the same configuration as the modules and data (authz: decisions
+	// compiled to Go). The engine only carries it, so that it swaps with them.
+	Native   any
 	Revision string // names this version in decision logs and bundles
 }
 

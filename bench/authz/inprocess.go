@@ -18,10 +18,10 @@ import (
 )
 
 // The in-process measurement (-serve inprocess, pinned to one CPU with
-// GOMAXPROCS=1): single decisions of the mesh library as palisaded makes them
-// (authz.QueryInput, the parts of the input the query reads as palisaded builds
-// them when it does not log decisions, then Eval of rego.Engine's prepared query),
-// timed one by one in one goroutine, for the small and jwt scenarios and for
+// GOMAXPROCS=1): single decisions of the mesh's policies as palisaded makes them
+// when it does not log decisions (authz.Decide: the workload's native decision
+// where it has one, else its compiled Rego or the library's on the parts of the
+// input the query reads), timed one by one in one goroutine, for the small and jwt scenarios and for
 // policygen's mesh of 100 policies. For comparison, the same with OPA-Envoy's way
 // (authz.InputViaJSON and a straightforwardly prepared query).
 
@@ -30,7 +30,8 @@ type inProcessResult struct {
 	Scenario, About string
 	Way             string // "Palisade" or "OPA-Envoy"
 	Decisions       int
-	// Decision is the input mapping and the evaluation; Eval the evaluation alone.
+	// Decision is the input mapping and the evaluation; Eval the evaluation alone
+	// (for Palisade, whose native decisions read the CheckRequest, both).
 	DecisionP50, DecisionP99, DecisionP999 time.Duration
 	EvalP50, EvalP99, EvalP999             time.Duration
 	Mean                                   time.Duration
@@ -54,11 +55,13 @@ func runInProcess(testdata string, decisions int, budget time.Duration) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		pal := func(req *authv3.CheckRequest) (time.Duration, any, error) {
-			p, query := engine.Current(), authz.WorkloadQuery(req)
-			input := authz.QueryInput(p, query, req)
 			t := time.Now()
-			v, err := p.EvalNamed(context.Background(), query, input)
-			return time.Since(t), v, err
+			d := authz.Decide(context.Background(), engine.Current(), req)
+			el := time.Since(t)
+			if d.Failure != authz.FailureNone {
+				return el, nil, fmt.Errorf("no decision: %s", d.Reason)
+			}
+			return el, map[string]any{"allowed": d.Allowed}, nil
 		}
 		q, err := prepareStraightforward(context.Background(), snapPolicy.Modules, snapPolicy.Data)
 		if err != nil {
