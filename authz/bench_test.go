@@ -2,8 +2,10 @@ package authz
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
+	"github.com/palisade-mesh/palisade/bench/authz/policygen"
 	"github.com/palisade-mesh/palisade/mesh"
 	"github.com/palisade-mesh/palisade/mesh/config"
 	"github.com/palisade-mesh/palisade/rego"
@@ -70,5 +72,70 @@ func BenchmarkDecideSmall(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		s.Check(ctx, req)
+	}
+}
+
+// reviewsWorkload makes the policies' workload part of the mesh, so that Policy
+// compiles its decision (natively, for policies without RegoPolicy or CUSTOM).
+const reviewsWorkload = `
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9, labels: {app: reviews}, serviceAccount: reviews}]
+`
+
+// BenchmarkDecideNative: the decisions of BenchmarkDecideSmall and of a JWT policy
+// (a valid token and one of another signer), made natively, with gRPC left out.
+func BenchmarkDecideNative(b *testing.B) {
+	s := newSigners(b)
+	jwtPolicies := fmt.Sprintf(`
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules: [{issuer: %q, audiences: [%q], jwks: '%s'}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviewers, namespace: default}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+    when: [{key: "request.auth.claims[groups]", values: [reviewers]}]
+`, policygen.Issuer, policygen.Audience, s.main.JWKS())
+	ext := map[string]string{ExtensionWorkloadNamespace: "default", ExtensionWorkloadLabels: "app=reviews"}
+	for _, c := range []struct {
+		name, policies, token string
+		allowed                bool
+	}{
+		{"small", smallPolicies, "", true},
+		{"jwt-valid", jwtPolicies, s.main.UserToken("alice", "reviewers"), true},
+		{"jwt-forged", jwtPolicies, s.impostor.UserToken("alice", "reviewers"), false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			p := benchEngine(b, c.policies+reviewsWorkload).Current()
+			r := request{method: "GET", path: "/reviews/1", host: "reviews:9080", from: "spiffe://cluster.local/ns/default/sa/productpage", extensions: ext}
+			if c.token != "" {
+				r.headers = map[string]string{"authorization": "Bearer " + c.token}
+			}
+			req := r.check()
+			if n, _ := p.Policy.Native.(nativeDecisions); n[WorkloadQuery(req)] == nil {
+				b.Fatal("the workload has no native decision")
+			}
+			ctx := context.Background()
+			if d := Decide(ctx, p, req); d.Allowed != c.allowed {
+				b.Fatalf("allowed %v (%s), want %v", d.Allowed, d.Reason, c.allowed)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				Decide(ctx, p, req)
+			}
+		})
 	}
 }

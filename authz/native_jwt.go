@@ -84,6 +84,7 @@ type jwtResult struct {
 func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 	var found []extraction
 	var query url.Values
+	parsed := false
 	for k, rule := range j.rules {
 		for _, loc := range rule.locations {
 			switch {
@@ -92,8 +93,8 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 					found = append(found, extraction{t, k, loc.header})
 				}
 			case loc.param != "":
-				if query == nil {
-					query = queryOf(r.http.GetPath())
+				if !parsed {
+					query, parsed = queryOf(r.http.GetPath()), true
 				}
 				for _, t := range query[loc.param] {
 					if t != "" {
@@ -110,20 +111,27 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 	if len(found) == 0 {
 		return jwtResult{}
 	}
-	// valid: the claims of each token that a rule of its issuer, reading where the
-	// token was found, accepts.
-	valid := map[string]ast.Object{}
+	// valid: each token that a rule of its issuer, reading where the token was
+	// found, accepts (normally one token).
+	type validToken struct {
+		token string
+		v     *verifiedToken
+	}
+	var valid []validToken
+	isValid := func(t string) bool {
+		return slices.ContainsFunc(valid, func(x validToken) bool { return x.token == t })
+	}
 	for _, e := range found {
-		if _, done := valid[e.token]; done {
+		if isValid(e.token) {
 			continue
 		}
-		if claims, ok := j.verify(e.token, &j.rules[e.rule], r.now); ok {
-			valid[e.token] = claims
+		if v := j.verify(e.token, &j.rules[e.rule], r.now); v != nil {
+			valid = append(valid, validToken{e.token, v})
 		}
 	}
 	var failed string // the first invalid token in sort order
 	for _, e := range found {
-		if _, ok := valid[e.token]; !ok && (failed == "" || e.token < failed) {
+		if !isValid(e.token) && (failed == "" || e.token < failed) {
 			failed = e.token
 		}
 	}
@@ -132,40 +140,26 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 	}
 
 	var res jwtResult
-	authToken := slices.Min(slices.Collect(maps.Keys(valid)))
-	claims := valid[authToken]
-	iss, _ := claims.Get(ast.InternedTerm("iss")).Value.(ast.String)
-	sub := ast.String("")
-	if t := claims.Get(ast.InternedTerm("sub")); t != nil {
-		s, ok := t.Value.(ast.String)
-		if !ok {
-			return res // concat fails: request.auth is undefined
-		}
-		sub = s
-	}
-	res.auth = nativeAuth{defined: true, principal: string(iss) + "/" + string(sub), claims: claims}
-	if t := claims.Get(ast.InternedTerm("azp")); t != nil {
-		if s, ok := t.Value.(ast.String); ok { // another value matches no pattern
-			res.auth.presenter = string(s)
-		}
-	}
-	for _, a := range audiences(claims) {
-		if s, ok := a.Value.(ast.String); ok {
-			res.auth.audiences = append(res.auth.audiences, string(s))
-		}
+	auth := slices.MinFunc(valid, func(a, b validToken) int { return strings.Compare(a.token, b.token) })
+	res.auth = auth.v.auth
+	if !res.auth.defined {
+		return res
 	}
 	var validating []string
-	headers := map[string]string{}
+	var headers map[string]string
 	for _, e := range found {
 		rule := &j.rules[e.rule]
-		if e.token == authToken && rule.issuer == string(iss) {
+		if e.token == auth.token && rule.issuer == auth.v.issuer {
 			validating = append(validating, rule.policy)
 		}
 		if e.header != "" && !rule.forwardOriginal {
 			res.remove = append(res.remove, e.header) // every token here is valid
 		}
-		if e.token == authToken && rule.payloadHeader != "" {
+		if e.token == auth.token && rule.payloadHeader != "" {
 			if parts := strings.Split(e.token, "."); len(parts) > 1 {
+				if headers == nil {
+					headers = map[string]string{}
+				}
 				headers[rule.payloadHeader] = parts[1]
 			}
 		}
@@ -185,7 +179,8 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 
 // denial is jwt.rego's reason and reasons for the invalid token failed.
 func (j *nativeJWT) denial(found []extraction, failed string) jwtResult {
-	unverified, decoded := j.cache.decode(failed)
+	d := j.cache.decode(failed)
+	unverified, decoded := d.claims, d.ok
 	var ids []string
 	configured := false // a rule reading where failed was found has its issuer
 	for _, e := range found {
@@ -195,20 +190,21 @@ func (j *nativeJWT) denial(found []extraction, failed string) jwtResult {
 		}
 	}
 	reason := "Jwt verification fails"
+	ids = sortedSet(ids)
 	if !configured {
-		ids = j.policies
+		ids = j.policies // sorted
 		if decoded {
 			reason = "Jwt issuer is not configured"
 		}
 	}
 	var issuer any = ""
 	if decoded {
-		if t := unverified.Get(ast.InternedTerm("iss")); t != nil {
+		if t := unverified.Get(termIss); t != nil {
 			issuer, _ = ast.JSON(t.Value)
 		}
 	}
 	res := jwtResult{denied: true, reason: reason}
-	for _, id := range sortedSet(ids) {
+	for _, id := range ids {
 		res.reasons = append(res.reasons, map[string]any{
 			"kind": "RequestAuthentication", "policy": id, "effect": "deny", "detail": reason, "issuer": issuer,
 		})
@@ -222,37 +218,44 @@ func issuerIs(claims ast.Object, issuer string) bool {
 	if issuer == "" {
 		return false
 	}
-	t := claims.Get(ast.InternedTerm("iss"))
-	return t != nil && t.Value.Compare(ast.String(issuer)) == 0
+	t := claims.Get(termIss)
+	if t == nil {
+		return false
+	}
+	iss, ok := t.Value.(ast.String)
+	return ok && string(iss) == issuer
 }
+
+// Terms of the claims and constraints read, made once.
+var (
+	termIss, termSub, termAzp, termAud = ast.StringTerm("iss"), ast.StringTerm("sub"), ast.StringTerm("azp"), ast.StringTerm("aud")
+	termCty, termCert, termTime        = ast.StringTerm("cty"), ast.StringTerm("cert"), ast.StringTerm("time")
+)
 
 // verify is jwt.rego's valid[token] for one rule: the token's issuer is the
 // rule's, io.jwt.decode_verify accepts it with the rule's JWKS and issuer (and
 // the token's first audience, see jwt.rego's constraints) at time now, and the
-// rule accepts one of its audiences.
-func (j *nativeJWT) verify(token string, rule *nativeJWTRule, now time.Time) (ast.Object, bool) {
-	unverified, ok := j.cache.decode(token)
-	if !ok || !issuerIs(unverified, rule.issuer) || rule.jwks == nil {
-		return nil, false
+// rule accepts one of its audiences. nil: the rule refuses it.
+func (j *nativeJWT) verify(token string, rule *nativeJWTRule, now time.Time) *verifiedToken {
+	d := j.cache.decode(token)
+	if !d.ok || !issuerIs(d.claims, rule.issuer) || rule.jwks == nil {
+		return nil
 	}
-	claims, ok := j.cache.decodeVerify(token, rule, unverified, now)
-	if !ok {
-		return nil, false
+	v := j.cache.decodeVerify(token, rule, d.claims, now)
+	if v == nil || len(rule.audiences) == 0 {
+		return v
 	}
-	if len(rule.audiences) == 0 {
-		return claims, true
-	}
-	for _, a := range audiences(claims) {
-		if s, ok := a.Value.(ast.String); ok && slices.Contains(rule.audiences, string(s)) {
-			return claims, true
+	for _, a := range v.auth.audiences {
+		if slices.Contains(rule.audiences, a) {
+			return v
 		}
 	}
-	return nil, false
+	return nil
 }
 
 // audiences is the aud claim as a list (jwt.rego's audiences).
 func audiences(claims ast.Object) []*ast.Term {
-	t := claims.Get(ast.InternedTerm("aud"))
+	t := claims.Get(termAud)
 	if t == nil {
 		return nil
 	}
@@ -283,7 +286,7 @@ func headerToken(headers map[string]string, name, prefix string) (string, bool) 
 func queryOf(target string) url.Values {
 	_, raw, _ := strings.Cut(target, "?")
 	if raw == "" {
-		return url.Values{}
+		return nil
 	}
 	values, _ := url.ParseQuery(raw) // keeps what parses, as Input does
 	return values
@@ -305,8 +308,8 @@ func cookieTokens(headers map[string]string, name string) []string {
 	return out
 }
 
+// sortedSet sorts s in place and drops repeats.
 func sortedSet(s []string) []string {
-	s = slices.Clone(s)
 	slices.Sort(s)
 	return slices.Compact(s)
 }
@@ -314,17 +317,19 @@ func sortedSet(s []string) []string {
 // ---------------------------------------------------------------------------
 // The cache of decoded and verified tokens.
 
-// jwtCache keeps, per token, what io.jwt.decode gave and what io.jwt.decode_verify
-// accepted for each rule, so that a token seen before costs lookups. An accepted
-// token is reused only while the clock stays between its nbf and exp (more than
-// a second from either, where float rounding cannot decide differently);
-// rejections are not kept (OPA's verification cache is not used here, so a bad
-// signature is checked again each time). It holds at most jwtCacheEntries tokens
-// of each kind, and starts over when full.
+// jwtCache keeps, per token, what io.jwt.decode gave and what
+// io.jwt.decode_verify decided for each issuer and JWKS, so that a token seen
+// before costs lookups, accepted or not. decode_verify's answer depends on the
+// time only through the token's nbf and exp, so an answer holds while the clock
+// stays on the same side of both (and more than a second from either, where
+// float rounding could decide differently); outside that span the built-in
+// decides again. A nested token (cty JWT) is verified on its inner claims, which
+// decode does not show, so its answers are not kept. It holds at most
+// jwtCacheEntries tokens of each kind, and starts over when full.
 type jwtCache struct {
 	mu       sync.RWMutex
 	decoded  map[string]decodedToken
-	verified map[verifiedKey]verifiedToken
+	verified map[verifiedKey]verifiedAnswer
 }
 
 const jwtCacheEntries = 10000
@@ -332,6 +337,7 @@ const jwtCacheEntries = 10000
 type decodedToken struct {
 	claims ast.Object
 	ok     bool
+	nested bool // the header's cty is JWT
 }
 
 type verifiedKey struct {
@@ -339,13 +345,49 @@ type verifiedKey struct {
 	issuer, jwks string
 }
 
+// verifiedAnswer is decode_verify's answer (nil: refused) and the span of time,
+// in seconds, in which it holds.
+type verifiedAnswer struct {
+	token    *verifiedToken
+	from, to float64
+}
+
+// verifiedToken is an accepted token: its issuer and request.auth.*.
 type verifiedToken struct {
-	claims   ast.Object
-	nbf, exp float64 // seconds; -Inf and +Inf when absent
+	issuer string
+	auth   nativeAuth
 }
 
 func newJWTCache() *jwtCache {
-	return &jwtCache{decoded: map[string]decodedToken{}, verified: map[verifiedKey]verifiedToken{}}
+	return &jwtCache{decoded: map[string]decodedToken{}, verified: map[verifiedKey]verifiedAnswer{}}
+}
+
+// accepted is what the decision needs of a token decode_verify accepted with
+// claims: jwt.rego's auth, which is undefined when the subject is not a string
+// (concat fails).
+func accepted(claims ast.Object) *verifiedToken {
+	iss, _ := claims.Get(termIss).Value.(ast.String) // the constraint's issuer
+	v := &verifiedToken{issuer: string(iss)}
+	sub := ast.String("")
+	if t := claims.Get(termSub); t != nil {
+		s, ok := t.Value.(ast.String)
+		if !ok {
+			return v
+		}
+		sub = s
+	}
+	v.auth = nativeAuth{defined: true, principal: string(iss) + "/" + string(sub), claims: claims}
+	if t := claims.Get(termAzp); t != nil {
+		if s, ok := t.Value.(ast.String); ok { // another value matches no pattern
+			v.auth.presenter = string(s)
+		}
+	}
+	for _, a := range audiences(claims) {
+		if s, ok := a.Value.(ast.String); ok {
+			v.auth.audiences = append(v.auth.audiences, string(s))
+		}
+	}
+	return v
 }
 
 var (
@@ -353,17 +395,29 @@ var (
 	jwtDecodeVerify = topdown.GetBuiltin(ast.JWTDecodeVerify.Name)
 )
 
-// decode is io.jwt.decode(token)'s payload; ok is false where it fails.
-func (c *jwtCache) decode(token string) (ast.Object, bool) {
+// decode is what io.jwt.decode(token) gives: its payload (ok is false where it
+// fails), and whether it is nested.
+func (c *jwtCache) decode(token string) decodedToken {
 	c.mu.RLock()
 	d, hit := c.decoded[token]
 	c.mu.RUnlock()
 	if hit {
-		return d.claims, d.ok
+		return d
 	}
+	return c.decodeNew(token)
+}
+
+func (c *jwtCache) decodeNew(token string) decodedToken {
+	var d decodedToken
 	_ = jwtDecode(topdown.BuiltinContext{Context: context.Background()}, []*ast.Term{ast.StringTerm(token)}, func(t *ast.Term) error {
 		if a, ok := t.Value.(*ast.Array); ok && a.Len() == 3 {
 			d.claims, d.ok = a.Elem(1).Value.(ast.Object)
+			if h, ok := a.Elem(0).Value.(ast.Object); ok {
+				if t := h.Get(termCty); t != nil {
+					cty, ok := t.Value.(ast.String)
+					d.nested = ok && strings.EqualFold(string(cty), "JWT")
+				}
+			}
 		}
 		return nil
 	}) // an error: not a JWT, no claims
@@ -373,27 +427,32 @@ func (c *jwtCache) decode(token string) (ast.Object, bool) {
 	}
 	c.decoded[token] = d
 	c.mu.Unlock()
-	return d.claims, d.ok
+	return d
 }
 
 // decodeVerify is jwt.rego's io.jwt.decode_verify(token, constraints(rule,
-// unverified)) at time now: the verified claims, ok when it accepts the token.
-func (c *jwtCache) decodeVerify(token string, rule *nativeJWTRule, unverified ast.Object, now time.Time) (ast.Object, bool) {
+// unverified)) at time now: the accepted token, nil when refused.
+func (c *jwtCache) decodeVerify(token string, rule *nativeJWTRule, unverified ast.Object, now time.Time) *verifiedToken {
 	key := verifiedKey{token, rule.issuer, string(rule.jwks.Value.(ast.String))}
 	sec := float64(now.UnixNano()) / 1e9
 	c.mu.RLock()
-	v, hit := c.verified[key]
+	a, hit := c.verified[key]
 	c.mu.RUnlock()
-	if hit && v.nbf+1 <= sec && sec < v.exp-1 {
-		return v.claims, true
+	if hit && a.from <= sec && sec < a.to {
+		return a.token
 	}
+	return c.decodeVerifyNew(key, rule, unverified, now, sec)
+}
+
+func (c *jwtCache) decodeVerifyNew(key verifiedKey, rule *nativeJWTRule, unverified ast.Object, now time.Time, sec float64) *verifiedToken {
+	token := key.token
 	constraints := ast.NewObject(
-		ast.Item(ast.InternedTerm("cert"), rule.jwks),
-		ast.Item(ast.InternedTerm("iss"), ast.StringTerm(rule.issuer)),
-		ast.Item(ast.InternedTerm("time"), ast.NumberTerm(jsonInt(now.UnixNano()))),
+		ast.Item(termCert, rule.jwks),
+		ast.Item(termIss, ast.StringTerm(rule.issuer)),
+		ast.Item(termTime, ast.NumberTerm(jsonInt(now.UnixNano()))),
 	)
 	if aud := audiences(unverified); len(aud) > 0 {
-		constraints.Insert(ast.InternedTerm("aud"), aud[0])
+		constraints.Insert(termAud, aud[0])
 	}
 	var claims ast.Object
 	_ = jwtDecodeVerify(topdown.BuiltinContext{Context: context.Background()}, []*ast.Term{ast.StringTerm(token), ast.NewTerm(constraints)}, func(t *ast.Term) error {
@@ -402,36 +461,44 @@ func (c *jwtCache) decodeVerify(token string, rule *nativeJWTRule, unverified as
 		}
 		return nil
 	}) // an error (a malformed token, a bad constraint): not accepted
-	if claims == nil {
-		return nil, false
+	a := verifiedAnswer{from: math.Inf(-1), to: math.Inf(1)}
+	if claims != nil {
+		a.token = accepted(claims)
 	}
-	v = verifiedToken{claims: claims, nbf: timeClaim(claims, "nbf", math.Inf(-1)), exp: timeClaim(claims, "exp", math.Inf(1))}
-	c.mu.Lock()
-	if len(c.verified) >= jwtCacheEntries {
-		clear(c.verified)
+	if !c.decode(token).nested {
+		for _, name := range []string{"nbf", "exp"} {
+			a.from, a.to = narrow(a.from, a.to, unverified, name, sec)
+		}
+		c.mu.Lock()
+		if len(c.verified) >= jwtCacheEntries {
+			clear(c.verified)
+		}
+		c.verified[key] = a
+		c.mu.Unlock()
 	}
-	c.verified[key] = v
-	c.mu.Unlock()
-	return claims, true
+	return a.token
 }
 
-// timeClaim is a numeric claim in seconds, absent when it is not there (an
-// accepted token's exp and nbf are numbers). One that does not parse as a float
-// makes the cached entry unusable, so the built-in decides each time.
-func timeClaim(claims ast.Object, name string, absent float64) float64 {
-	t := claims.Get(ast.InternedTerm(name))
+// narrow narrows the span [from, to) around sec to the side of the time claim
+// name that sec is on, a second short of it. A claim that is not a number
+// leaves no span (decode_verify fails on it, but the span need not be exact).
+func narrow(from, to float64, claims ast.Object, name string, sec float64) (float64, float64) {
+	t := claims.Get(ast.StringTerm(name))
 	if t == nil {
-		return absent
+		return from, to
 	}
 	n, ok := t.Value.(ast.Number)
 	if !ok {
-		return math.NaN()
+		return 0, 0
 	}
 	f, err := strconv.ParseFloat(string(n), 64)
-	if err != nil {
-		return math.NaN()
+	if err != nil || math.IsNaN(f) {
+		return 0, 0
 	}
-	return f
+	if sec < f {
+		return from, min(to, f-1)
+	}
+	return max(from, f+1), to
 }
 
 func jsonInt(n int64) json.Number { return json.Number(strconv.FormatInt(n, 10)) }
