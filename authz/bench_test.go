@@ -112,7 +112,7 @@ spec:
 	ext := map[string]string{ExtensionWorkloadNamespace: "default", ExtensionWorkloadLabels: "app=reviews"}
 	for _, c := range []struct {
 		name, policies, token string
-		allowed                bool
+		allowed               bool
 	}{
 		{"small", smallPolicies, "", true},
 		{"jwt-valid", jwtPolicies, s.main.UserToken("alice", "reviewers"), true},
