@@ -47,8 +47,9 @@ bench-xds:
 
 ## fuzz: a minute of each fuzzer. FuzzDecode (untrusted YAML), FuzzValidateCSR and
 ## FuzzLoadFederatedBundle (untrusted CSRs and bundles), FuzzInput (ext_authz
-## CheckRequests mapped to policy input) and FuzzAdmission (objects through the
-## injection and validation webhooks) run coverage-guided.
+## CheckRequests mapped to policy input), FuzzNativeDecision (native decisions
+## against the mesh library on fuzzed requests) and FuzzAdmission (objects through
+## the injection and validation webhooks) run coverage-guided.
 ## FuzzGenerate (decode → model → translation → validation) runs from a test binary
 ## built without coverage: instrumenting the Envoy API packages slows coverage-guided
 ## runs to a few executions per second.
@@ -57,6 +58,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzValidateCSR -fuzztime 60s ./identity
 	$(GO) test -run '^$$' -fuzz FuzzLoadFederatedBundle -fuzztime 60s ./identity
 	$(GO) test -run '^$$' -fuzz FuzzInput -fuzztime 60s ./authz
+	$(GO) test -run '^$$' -fuzz FuzzNativeDecision -fuzztime 60s ./authz
 	$(GO) test -run '^$$' -fuzz FuzzAdmission -fuzztime 60s ./webhook
 	$(GO) test -c -o bin/xds.test ./xds
 	cd xds && ../bin/xds.test -test.run '^$$' -test.fuzz FuzzGenerate -test.fuzztime 60s -test.fuzzcachedir ../.cache/fuzz

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/palisade-mesh/palisade/bench/authz/policygen"
 	"github.com/palisade-mesh/palisade/mesh"
@@ -138,4 +139,26 @@ spec:
 			}
 		})
 	}
+}
+
+// BenchmarkDecisionLogEntry: encoding one entry of a native decision (what the
+// decision log's writer does per decision, beside the decision itself).
+func BenchmarkDecisionLogEntry(b *testing.B) {
+	req := request{method: "GET", path: "/reviews/1?page=2", host: "reviews:9080", from: "spiffe://cluster.local/ns/default/sa/productpage",
+		headers: map[string]string{"authorization": "Bearer x.y.z", "cookie": "a=b", "accept": "*/*", "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
+			"x-b3-spanid": "e457b5a2e4d86bd1", "x-b3-sampled": "1", "content-type": "text/plain", "x-forwarded-for": "203.0.113.7"},
+		extensions: map[string]string{ExtensionWorkloadNamespace: "default", ExtensionWorkloadLabels: "app=reviews"}}.check()
+	p := benchEngine(b, smallPolicies+reviewsWorkload).Current()
+	e := evaluate(context.Background(), p, req, time.Now())
+	if !e.native {
+		b.Fatal("not a native decision")
+	}
+	l := &DecisionLog{cfg: DecisionLogConfig{Path: "palisade/mesh/decision", Bundle: "palisade"}}
+	entry := logEntry{time: time.Now(), req: req, decision: e.decision, native: true, revision: "r", peer: "127.0.0.1:1", duration: time.Microsecond}
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = l.encode(buf[:0], entry)
+	}
+	b.SetBytes(int64(len(buf)))
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -19,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
@@ -49,16 +49,21 @@ type DecisionLog struct {
 	dropped atomic.Uint64
 	done    chan struct{}
 	once    sync.Once
-	labels  []byte // cfg.Labels as JSON
+	labels  []byte   // cfg.Labels as JSON
+	keys    []string // the writer's scratch for sorting keys
 }
 
 // logEntry is what a decision hands to the writer: references only, encoded on the
-// writer's goroutine.
+// writer's goroutine. The request is not modified meanwhile (gRPC gives each call
+// its own).
 type logEntry struct {
 	time     time.Time
-	input    ast.Value
-	result   any // the policy's decision, nil on failure
+	req      *authv3.CheckRequest
+	result   any // the policy's decision, nil on failure or when the decision is the result
 	decision Decision
+	// native: the result is the decision's (Decision.result), made by a native
+	// decision.
+	native   bool
 	revision string
 	peer     string
 	duration time.Duration
@@ -147,26 +152,6 @@ var masked = []string{
 // maskedValue replaces masked values.
 const maskedValue = "**MASKED**"
 
-// maskNode is the part of the masked tree at one key of the input.
-type maskNode map[string]maskNode
-
-// inputMask is masked as a tree, rooted at /input; a leaf is masked.
-var inputMask = func() maskNode {
-	root := maskNode{}
-	for _, p := range masked {
-		n := root
-		for _, seg := range strings.Split(p, "/")[2:] { // below "/input"
-			next, ok := n[seg]
-			if !ok {
-				next = maskNode{}
-				n[seg] = next
-			}
-			n = next
-		}
-	}
-	return root
-}()
-
 // maskTarget replaces the access_token parameter's value in a request target.
 func maskTarget(target string) string {
 	path, query, ok := strings.Cut(target, "?")
@@ -205,11 +190,15 @@ func (l *DecisionLog) encode(b []byte, e logEntry) []byte {
 	b = append(b, `,"timestamp":"`...)
 	b = e.time.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","input":`...)
-	b = appendValue(b, e.input, inputMask)
-	if e.result != nil {
+	b = appendInput(b, e.req, &l.keys)
+	switch {
+	case e.native:
+		b = append(b, `,"result":`...)
+		b = appendDecision(b, e.decision)
+	case e.result != nil:
 		b = append(b, `,"result":`...)
 		b = appendResult(b, e.result)
-	} else {
+	default:
 		b = append(b, `,"result":{"allowed":false,"reason":`...)
 		b = appendString(b, e.decision.Reason)
 		b = append(b, `},"error":{"code":`...)
@@ -230,9 +219,8 @@ func (l *DecisionLog) encode(b []byte, e logEntry) []byte {
 	return append(b, "]}\n"...)
 }
 
-// appendValue appends v as JSON. Below mask, a key whose node has no children has
-// its value masked.
-func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
+// appendValue appends v as JSON.
+func appendValue(b []byte, v ast.Value) []byte {
 	switch v := v.(type) {
 	case ast.Null:
 		return append(b, "null"...)
@@ -248,7 +236,7 @@ func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendValue(b, v.Elem(i).Value, nil)
+			b = appendValue(b, v.Elem(i).Value)
 		}
 		return append(b, ']')
 	case ast.Set:
@@ -257,7 +245,7 @@ func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendValue(b, t.Value, nil)
+			b = appendValue(b, t.Value)
 		}
 		return append(b, ']')
 	case ast.Object:
@@ -275,15 +263,7 @@ func appendValue(b []byte, v ast.Value, mask maskNode) []byte {
 			}
 			b = appendString(b, string(key))
 			b = append(b, ':')
-			child, masked := mask[string(key)]
-			switch target, isString := val.Value.(ast.String); {
-			case masked && len(child) == 0 && isString && (key == "path" || key == ":path"):
-				b = appendString(b, maskTarget(string(target)))
-			case masked && len(child) == 0:
-				b = appendString(b, maskedValue)
-			default:
-				b = appendValue(b, val.Value, child)
-			}
+			b = appendValue(b, val.Value)
 		}
 		return append(b, '}')
 	}
@@ -313,8 +293,14 @@ func appendResult(b []byte, v any) []byte {
 		}
 		return append(b, ']')
 	case map[string]any:
+		var stack [8]string // the keys of a reason fit, and stay off the heap
+		keys := stack[:0]
+		for k := range v {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
 		b = append(b, '{')
-		for i, k := range slices.Sorted(maps.Keys(v)) {
+		for i, k := range keys {
 			if i > 0 {
 				b = append(b, ',')
 			}
@@ -329,6 +315,43 @@ func appendResult(b []byte, v any) []byte {
 		return append(b, "null"...)
 	}
 	return append(b, bs...)
+}
+
+// appendDecision appends a native decision's result (Decision.result), without
+// building it.
+func appendDecision(b []byte, d Decision) []byte {
+	b = append(b, `{"allowed":`...)
+	b = strconv.AppendBool(b, d.Allowed)
+	b = append(b, `,"body":`...)
+	b = appendString(b, d.Body)
+	b = append(b, `,"headers":{`...)
+	for i, h := range d.Headers {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, h.Name)
+		b = append(b, ':')
+		b = appendString(b, h.Value)
+	}
+	b = append(b, `},"http_status":`...)
+	b = strconv.AppendInt(b, int64(d.HTTPStatus), 10)
+	b = append(b, `,"reason":`...)
+	b = appendString(b, d.Reason)
+	b = append(b, `,"reasons":[`...)
+	for i, r := range d.Reasons {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendResult(b, r)
+	}
+	b = append(b, `],"request_headers_to_remove":[`...)
+	for i, h := range d.RequestHeadersToRemove {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, h)
+	}
+	return append(b, `],"response_headers_to_add":{}}`...)
 }
 
 // appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.

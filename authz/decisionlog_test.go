@@ -10,6 +10,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // lockedBuffer is an io.Writer tests can read while the log writes.
@@ -37,7 +44,7 @@ func TestDecisionLogEntry(t *testing.T) {
 	req := request{method: "GET", path: "/a?access_token=secret-query&x=1", host: "reviews", from: "spiffe://cluster.local/ns/default/sa/productpage",
 		headers: map[string]string{"authorization": "Bearer secret-jwt", "cookie": "session=secret-cookie", "x-note": "quote \" and \x01 and \xff"}}.check()
 	result := map[string]any{"allowed": false, "reason": "denied by default/deny-admin", "reasons": []any{map[string]any{"policy": "default/deny-admin", "rule": json.Number("0")}}}
-	l.log(logEntry{time: time.Unix(1700000000, 5).UTC(), input: Input(req), result: result, decision: Decision{}, revision: "rev-1", peer: "127.0.0.1:5555", duration: 42 * time.Microsecond})
+	l.log(logEntry{time: time.Unix(1700000000, 5).UTC(), req: req, result: result, decision: Decision{}, revision: "rev-1", peer: "127.0.0.1:5555", duration: 42 * time.Microsecond})
 	if err := l.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +93,7 @@ func TestDecisionLogEntry(t *testing.T) {
 func TestDecisionLogFailureEntry(t *testing.T) {
 	var out lockedBuffer
 	l := NewDecisionLog(DecisionLogConfig{Writer: &out, Path: "p"})
-	l.log(logEntry{time: time.Now(), input: Input(request{method: "GET", path: "/"}.check()), decision: failed(FailureEval, "evaluating: boom")})
+	l.log(logEntry{time: time.Now(), req: request{method: "GET", path: "/"}.check(), decision: failed(FailureEval, "evaluating: boom")})
 	l.Close(context.Background())
 	var e struct {
 		Result map[string]any
@@ -114,11 +121,11 @@ func TestDecisionLogNeverBlocks(t *testing.T) {
 	w := blockingWriter{release: make(chan struct{}), out: &lockedBuffer{}}
 	drops := 0
 	l := NewDecisionLog(DecisionLogConfig{Writer: w, Buffer: 8, Path: "p", OnDrop: func() { drops++ }})
-	in := Input(request{method: "GET", path: "/"}.check())
+	req := request{method: "GET", path: "/"}.check()
 	done := make(chan struct{})
 	go func() {
 		for range 1000 {
-			l.log(logEntry{time: time.Now(), input: in, result: true})
+			l.log(logEntry{time: time.Now(), req: req, result: true})
 		}
 		close(done)
 	}()
@@ -141,7 +148,7 @@ func TestDecisionLogLinesAreJSON(t *testing.T) {
 	var out lockedBuffer
 	l := NewDecisionLog(DecisionLogConfig{Writer: &out, Path: "p"})
 	for i := range 50 {
-		l.log(logEntry{time: time.Now(), input: Input(request{method: "GET", path: "/x/" + strings.Repeat("é", i)}.check()), result: map[string]any{"allowed": true}})
+		l.log(logEntry{time: time.Now(), req: request{method: "GET", path: "/x/" + strings.Repeat("é", i)}.check(), result: map[string]any{"allowed": true}})
 	}
 	l.Close(context.Background())
 	sc := bufio.NewScanner(strings.NewReader(out.String()))
@@ -185,4 +192,92 @@ func TestDecisionIDs(t *testing.T) {
 	if !uuid.MatchString(a) || !uuid.MatchString(b) || a == b {
 		t.Errorf("decision IDs %q and %q: want two different version 4 UUIDs", a, b)
 	}
+}
+
+// TestLogInputIsInput: the decision log's input, written straight from the
+// CheckRequest, is Input's document with the secrets masked, for requests with
+// every part Input maps (the differential test's random requests, and bodies,
+// metadata, odd addresses and targets).
+func TestLogInputIsInput(t *testing.T) {
+	gen := newRequestGen(newSigners(t), 3)
+	var reqs []*authv3.CheckRequest
+	for range 300 {
+		reqs = append(reqs, gen.request(WorkloadKey{"default", "app=reviews,version=v1"}))
+	}
+	odd := request{method: "POST", path: "//a/%2e%2e/b;c?access_token=s&access_token=t&x=%zz&=y#f", host: "h:1",
+		from: "spiffe://td/ns/a/sa/b", body: `{"a":[1,2.50,{"b":null}]}`, port: 7,
+		headers:    map[string]string{"content-type": "application/json", "proxy-authorization": "Basic c2VjcmV0", "x-esc": "\u2028\u2029\t\x01"},
+		extensions: map[string]string{ExtensionWorkloadNamespace: "default", ExtensionWorkloadLabels: "b=2,a=1,a=3,,=x"}}.check()
+	odd.Attributes.Request.Http.RawBody = []byte{0, 1, 2}
+	odd.Attributes.Request.Http.Size = 1 << 40
+	odd.Attributes.Request.Http.Fragment = "frag"
+	odd.Attributes.Request.Http.Query = "q"
+	odd.Attributes.Request.Http.Id = "42"
+	odd.Attributes.Request.Time = timestamppb.New(time.Unix(1700000000, 120000000))
+	odd.Attributes.Source.Labels = map[string]string{"l": "v"}
+	odd.Attributes.Source.Service = "svc"
+	odd.Attributes.Source.Certificate = "cert"
+	odd.Attributes.Destination.Address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/sock"}}}
+	odd.Attributes.TlsSession = &authv3.AttributeContext_TLSSession{}
+	odd.Attributes.MetadataContext = &corev3.Metadata{}
+	odd.Attributes.RouteMetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"f": {Fields: map[string]*structpb.Value{"k": structpb.NewStringValue("v")}}}}
+	truncated := request{method: "PUT", path: "/", headers: map[string]string{"content-type": "application/json", "content-length": "99"}, body: `{"a":`}.check()
+	reqs = append(reqs, odd, truncated, &authv3.CheckRequest{}, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{}})
+	for i, req := range reqs {
+		got := appendInput(nil, req, new([]string))
+		want := maskedInput(t, Input(req))
+		var g, w any
+		if err := decodeJSON(got, &g); err != nil {
+			t.Fatalf("request %d: the log's input is not JSON: %v\n%s", i, err, got)
+		}
+		if err := decodeJSON(want, &w); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(w, g); diff != "" {
+			t.Fatalf("request %d: (-Input +log)\n%s", i, diff)
+		}
+	}
+}
+
+// maskedInput is input as JSON with the masked values replaced, the way the
+// masked list says.
+func maskedInput(t *testing.T, input ast.Value) []byte {
+	x, err := ast.JSON(input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := x.(map[string]any)
+	attrs, _ := m["attributes"].(map[string]any)
+	request, _ := attrs["request"].(map[string]any)
+	if h, ok := request["http"].(map[string]any); ok {
+		if hs, ok := h["headers"].(map[string]any); ok {
+			for _, k := range []string{"authorization", "proxy-authorization", "cookie"} {
+				if _, ok := hs[k]; ok {
+					hs[k] = maskedValue
+				}
+			}
+			if p, ok := hs[":path"].(string); ok {
+				hs[":path"] = maskTarget(p)
+			}
+		}
+		if p, ok := h["path"].(string); ok {
+			h["path"] = maskTarget(p)
+		}
+	}
+	if q, ok := m["parsed_query"].(map[string]any); ok {
+		if _, ok := q["access_token"]; ok {
+			q["access_token"] = maskedValue
+		}
+	}
+	bs, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bs
+}
+
+func decodeJSON(bs []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(bs))
+	d.UseNumber()
+	return d.Decode(v)
 }

@@ -91,7 +91,7 @@ func (s *Server) Explain(ctx context.Context, snap *mesh.Snapshot, trustDomain s
 			ExtensionWorkloadLabels:    EncodeLabels(keys, labels),
 		},
 	}}
-	e := evaluate(ctx, s.cfg.Policies.Current(), req, time.Now(), false) // not counted as a decision
+	e := evaluate(ctx, s.cfg.Policies.Current(), req, time.Now()) // not counted as a decision
 	d := e.decision
 	return Explanation{
 		Allowed: d.Allowed, HTTPStatus: d.HTTPStatus, Reason: d.Reason, Reasons: d.Reasons, Failure: string(d.Failure),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
@@ -41,10 +42,17 @@ decision := {"allowed": allowed, "n": count(input.parsed_path) + count(input.par
 		if d.Allowed != (method == "GET") {
 			t.Fatalf("decision %v for method %q", d.Allowed, method)
 		}
-		var line []byte
-		line = appendValue(line, in, inputMask)
-		if !json.Valid(line) {
-			t.Fatalf("the decision log's encoding is not JSON: %s", line)
+		// The decision log's input, written from the request, is the input.
+		line := appendInput(nil, req, new([]string))
+		var got, want any
+		if err := decodeJSON(line, &got); err != nil {
+			t.Fatalf("the decision log's input is not JSON: %v\n%s", err, line)
+		}
+		if err := decodeJSON(maskedInput(t, in), &want); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("the decision log's input differs from the input (-input +log):\n%s", diff)
 		}
 	})
 }

@@ -183,13 +183,13 @@ func sourceFieldMatcher(field string, patterns []string) matcher {
 	var m matcher
 	switch positive(field) {
 	case "principals":
-		p := compilePatterns(patterns, false)
+		p := compilePatterns(patterns)
 		m = func(r *nativeRequest) bool { return p.match(r.sourcePrincipal()) }
 	case "requestPrincipals":
-		p := compilePatterns(patterns, false)
+		p := compilePatterns(patterns)
 		m = func(r *nativeRequest) bool { return p.match(r.auth.principal) }
 	case "namespaces":
-		p := compilePatterns(patterns, false)
+		p := compilePatterns(patterns)
 		m = func(r *nativeRequest) bool { return p.match(r.sourceNamespace()) }
 	case "ipBlocks":
 		b := compileBlocks(patterns)
@@ -210,7 +210,7 @@ func operationFieldMatcher(field string, patterns []string) matcher {
 		for i, p := range patterns {
 			lower[i] = strings.ToLower(p) // OPA's lower() is strings.ToLower
 		}
-		p := compilePatterns(lower, false)
+		p := compilePatterns(lower)
 		m = func(r *nativeRequest) bool {
 			for _, h := range r.hostForms() {
 				if p.match(strings.ToLower(h)) {
@@ -222,10 +222,10 @@ func operationFieldMatcher(field string, patterns []string) matcher {
 	case "ports":
 		m = func(r *nativeRequest) bool { return slices.Contains(patterns, r.destinationPort()) }
 	case "methods":
-		p := compilePatterns(patterns, false)
+		p := compilePatterns(patterns)
 		m = func(r *nativeRequest) bool { return p.match(r.method()) }
 	case "paths":
-		p := compilePatterns(patterns, false)
+		p := compilePatterns(patterns)
 		m = func(r *nativeRequest) bool { return p.match(r.path()) }
 	}
 	return negated(field, m)
@@ -267,7 +267,7 @@ func conditionMatcher(c *security.Condition) matcher {
 		}
 	default:
 		some = func(patterns []string) func([]string) bool {
-			p := compilePatterns(patterns, true)
+			p := compilePatterns(patterns)
 			return func(vs []string) bool { return slices.ContainsFunc(vs, p.match) }
 		}
 	}
@@ -372,19 +372,18 @@ func scalarString(v ast.Value) (string, bool) {
 
 // patterns are Istio's string patterns (match.rego's any_of): a value matches
 // one exactly, or a prefix before a trailing "*", or a suffix after a leading
-// "*" (both only when the value is not empty; "*" is the prefix "").
+// "*" (both only when the value is not empty; "*" is the prefix ""). A pattern
+// "" matches the value "" where an attribute has it (a path, an audience), and
+// nothing where present() leaves "" out.
 type patterns struct {
 	exact, prefixes, suffixes []string
 }
 
-// compilePatterns compiles a field's patterns. present says that values are
-// never "" (conditions' present()), so a pattern "" can be left out.
-func compilePatterns(list []string, present bool) patterns {
+// compilePatterns compiles a field's patterns.
+func compilePatterns(list []string) patterns {
 	var p patterns
 	for _, s := range list {
-		if !(present && s == "") {
-			p.exact = append(p.exact, s)
-		}
+		p.exact = append(p.exact, s)
 		if strings.HasSuffix(s, "*") {
 			p.prefixes = append(p.prefixes, strings.TrimSuffix(s, "*"))
 		}
@@ -668,26 +667,4 @@ func wwwAuthenticate(h *authv3.AttributeContext_HttpRequest) string {
 	}
 	path, _, _ = strings.Cut(path, "?")
 	return `Bearer realm="` + scheme + "://" + h.GetHost() + path + `", error="invalid_token"`
-}
-
-// result is the decision as the policy's result: the object decision.rego
-// returns, in OPA's JSON form, for the decision log.
-func (d Decision) result() map[string]any {
-	headers := map[string]any{}
-	for _, h := range d.Headers {
-		headers[h.Name] = h.Value
-	}
-	remove := make([]any, len(d.RequestHeadersToRemove))
-	for i, h := range d.RequestHeadersToRemove {
-		remove[i] = h
-	}
-	reasons := d.Reasons
-	if reasons == nil {
-		reasons = []any{}
-	}
-	return map[string]any{
-		"allowed": d.Allowed, "http_status": json.Number(strconv.Itoa(d.HTTPStatus)), "headers": headers,
-		"response_headers_to_add": map[string]any{}, "request_headers_to_remove": remove,
-		"body": d.Body, "reason": d.Reason, "reasons": reasons,
-	}
 }

@@ -94,14 +94,14 @@ func (s *Server) Register(g *grpc.Server) { authv3.RegisterAuthorizationServer(g
 // Check decides one request.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	logged := s.cfg.DecisionLog != nil
-	e := s.counted(evaluate(ctx, s.cfg.Policies.Current(), req, start, logged))
-	if logged {
+	e := s.counted(evaluate(ctx, s.cfg.Policies.Current(), req, start))
+	if l := s.cfg.DecisionLog; l != nil {
 		var addr string
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 			addr = p.Addr.String()
 		}
-		s.cfg.DecisionLog.log(logEntry{time: start, input: e.input, result: e.result, decision: e.decision, revision: e.revision, peer: addr, duration: time.Since(start)})
+		l.log(logEntry{time: start, req: req, result: e.result, decision: e.decision, native: e.native,
+			revision: e.revision, peer: addr, duration: time.Since(start)})
 	}
 	return e.decision.response(), nil
 }
@@ -109,42 +109,29 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 // evaluation is one request's decision with what the decision log records of it.
 type evaluation struct {
 	decision Decision
-	result   any       // the policy's result; nil when no policy decided
-	input    ast.Value // the whole input, when asked for
+	result   any  // the Rego policy's result; nil when no policy decided or native
+	native   bool // a native decision made it: the result is the decision's
 	revision string
 }
 
 // evaluate decides req by policy p (nil: none is loaded) at time now: by the
 // native decision of the workload the context extensions name when p has one,
 // else by its compiled Rego decision, else by the mesh library (on the parts of
-// the input the query reads). With full, the evaluation has the whole input and
-// the policy's result, as the decision log needs them.
-func evaluate(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest, now time.Time, full bool) evaluation {
+// the input the query reads).
+func evaluate(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest, now time.Time) evaluation {
 	query := WorkloadQuery(req)
 	if p != nil {
 		if n, ok := p.Policy.Native.(nativeDecisions); ok && n[query] != nil {
-			e := evaluation{decision: n[query].decide(req, now), revision: p.Policy.Revision}
-			if full {
-				e.input, e.result = Input(req), e.decision.result()
-			}
-			return e
+			return evaluation{decision: n[query].decide(req, now), native: true, revision: p.Policy.Revision}
 		}
 	}
-	var input ast.Value
-	if full {
-		input = Input(req)
-	} else {
-		input = QueryInput(p, query, req)
-	}
-	e := decide(ctx, p, query, input)
-	e.input = input
-	return e
+	return decide(ctx, p, query, QueryInput(p, query, req))
 }
 
 // Decide decides req by policy p as the ext_authz server does (without counting
 // or logging it).
 func Decide(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest) Decision {
-	return evaluate(ctx, p, req, time.Now(), false).decision
+	return evaluate(ctx, p, req, time.Now()).decision
 }
 
 // QueryInput is the input for evaluating query of policy p (see EvalNamed): the
