@@ -119,7 +119,7 @@ func FuzzNativeDecision(f *testing.F) {
 			}
 		}
 		req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Address: socket(valid(ip), 40000), Principal: valid(principal)},
+			Source:      &authv3.AttributeContext_Peer{Address: socket(valid(ip), 40000), Principal: valid(principal)},
 			Destination: &authv3.AttributeContext_Peer{Address: socket("10.0.0.9", 8080)},
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 				Method: valid(method), Path: valid(path), Host: valid(host), Scheme: "http", Headers: headers,
