@@ -52,6 +52,9 @@ type nativeDecision struct {
 type nativePolicy struct {
 	id    string
 	rules []nativeRule
+	// decided is the decision's reason when the policy is the first of its action
+	// to match ("allowed by ALLOW policy NS/NAME", "denied by DENY policy NS/NAME").
+	decided string
 }
 
 type nativeRule struct {
@@ -89,6 +92,12 @@ func compileNative(w workloadPolicies, tokens *jwtCache) (d *nativeDecision, ok 
 			return nil, false
 		}
 		np := nativePolicy{id: p.id}
+		switch action {
+		case "DENY":
+			np.decided = "denied by DENY policy " + p.id
+		case "ALLOW":
+			np.decided = "allowed by ALLOW policy " + p.id
+		}
 		for i, r := range p.spec.GetRules() {
 			match, can := ruleMatchers(r)
 			if !can {
@@ -289,10 +298,12 @@ func conditionMatcher(c *security.Condition) matcher {
 // and values that are not strings (a claim's object, a number among the
 // audiences) are dropped, since no pattern, IP block or port matches them.
 func conditionValues(key string, arg []string) func(r *nativeRequest) []string {
+	// The values are used at once: they are put in the request's scratch.
 	present := func(get func(r *nativeRequest) string) func(r *nativeRequest) []string {
 		return func(r *nativeRequest) []string {
 			if v := get(r); v != "" {
-				return []string{v}
+				r.values = append(r.values[:0], v)
+				return r.values
 			}
 			return nil
 		}
@@ -327,24 +338,31 @@ func conditionValues(key string, arg []string) func(r *nativeRequest) []string {
 	for i, a := range arg {
 		path[i] = ast.StringTerm(a)
 	}
-	return func(r *nativeRequest) []string { return claimValues(r.auth.claims, path) }
+	return func(r *nativeRequest) []string {
+		r.values = appendClaimValues(r.values[:0], r.auth.claims, path)
+		return r.values
+	}
 }
 
-// claimValues is authz.rego's claim_values of the claim at path: a string is one
-// value, a list one per string, number or boolean element, a number or boolean
-// its JSON text (as json.marshal writes it), anything else none.
-func claimValues(claims ast.Object, path []*ast.Term) []string {
-	if claims == nil {
-		return nil
+// appendClaimValues appends authz.rego's claim_values of the claim at path: a
+// string is one value, a list one per string, number or boolean element, a
+// number or boolean its JSON text (as json.marshal writes it), anything else
+// none.
+func appendClaimValues(out []string, claims ast.Object, path []*ast.Term) []string {
+	if claims == nil || len(path) == 0 {
+		return out
 	}
-	t := ast.NewTerm(claims)
-	for _, k := range path {
-		if t = t.Get(k); t == nil {
-			return nil
+	t := claims.Get(path[0])
+	for _, k := range path[1:] {
+		if t == nil {
+			break
 		}
+		t = t.Get(k)
+	}
+	if t == nil {
+		return out
 	}
 	if a, ok := t.Value.(*ast.Array); ok {
-		var out []string
 		for i := range a.Len() {
 			if s, ok := scalarString(a.Elem(i).Value); ok {
 				out = append(out, s)
@@ -353,9 +371,9 @@ func claimValues(claims ast.Object, path []*ast.Term) []string {
 		return out
 	}
 	if s, ok := scalarString(t.Value); ok {
-		return []string{s}
+		out = append(out, s)
 	}
-	return nil
+	return out
 }
 
 func scalarString(v ast.Value) (string, bool) {
@@ -481,6 +499,7 @@ type nativeRequest struct {
 	headers map[string]string
 	auth    nativeAuth
 	now     time.Time
+	values  []string // scratch for a condition's values
 
 	principal, namespace, remote string
 	forms                        []string
@@ -612,16 +631,19 @@ func (d *nativeDecision) decide(req *authv3.CheckRequest, now time.Time) Decisio
 		}
 		r.auth = jwt.auth
 	}
-	audit, _ := matches(d.audit, r)
+	// The matches' reasons are collected on the stack; the decision's reasons are
+	// one slice.
+	var auditBuf, denyBuf, allowBuf [8]any
+	audit, _ := matches(d.audit, r, auditBuf[:0])
 	// 3. A matching DENY policy denies.
-	if deny, first := matches(d.deny, r); len(deny) > 0 {
+	if deny, first := matches(d.deny, r, denyBuf[:0]); len(deny) > 0 {
 		return Decision{
-			HTTPStatus: http.StatusForbidden, Body: "RBAC: access denied", Reason: "denied by DENY policy " + first,
+			HTTPStatus: http.StatusForbidden, Body: "RBAC: access denied", Reason: first.decided,
 			Reasons: slices.Concat(jwt.reasons, deny, audit),
 		}
 	}
 	// 4. ALLOW policies apply and none matched.
-	allow, first := matches(d.allow, r)
+	allow, first := matches(d.allow, r, allowBuf[:0])
 	if len(d.allow) > 0 && len(allow) == 0 {
 		return Decision{
 			HTTPStatus: http.StatusForbidden, Body: "RBAC: access denied", Reason: "no ALLOW policy matched",
@@ -630,7 +652,7 @@ func (d *nativeDecision) decide(req *authv3.CheckRequest, now time.Time) Decisio
 	}
 	reason := "allowed: no ALLOW policy applies"
 	if len(allow) > 0 {
-		reason = "allowed by ALLOW policy " + first
+		reason = first.decided
 	}
 	dec := Decision{Allowed: true, HTTPStatus: http.StatusOK, Reason: reason, Reasons: slices.Concat(jwt.reasons, audit, allow)}
 	if r.auth.defined {
@@ -639,14 +661,16 @@ func (d *nativeDecision) decide(req *authv3.CheckRequest, now time.Time) Decisio
 	return dec
 }
 
-// matches are the reasons of the policies (sorted by "NS/NAME") that the request
-// matches, each with its first matching rule, and the first such policy.
-func matches(policies []nativePolicy, r *nativeRequest) (reasons []any, first string) {
-	for _, p := range policies {
+// matches appends to reasons those of the policies (sorted by "NS/NAME") that
+// the request matches, each with its first matching rule, and returns the first
+// such policy.
+func matches(policies []nativePolicy, r *nativeRequest, reasons []any) (_ []any, first *nativePolicy) {
+	for i := range policies {
+		p := &policies[i]
 		for _, rule := range p.rules {
 			if all(rule.match, r) {
-				if len(reasons) == 0 {
-					first = p.id
+				if first == nil {
+					first = p
 				}
 				reasons = append(reasons, rule.reason)
 				break

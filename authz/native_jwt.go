@@ -55,6 +55,21 @@ func compileJWT(policies []string, rules []jwtRule, cache *jwtCache) *nativeJWT 
 	return j
 }
 
+// validToken is a token of the request that a rule accepts.
+type validToken struct {
+	token string
+	v     *verifiedToken
+}
+
+func validIndex(valid []validToken, token string) int {
+	for i, x := range valid {
+		if x.token == token {
+			return i
+		}
+	}
+	return -1
+}
+
 // extraction is a token found where rule reads one: in header (lower case), or
 // in a query parameter or cookie (header "").
 type extraction struct {
@@ -82,7 +97,8 @@ type jwtResult struct {
 }
 
 func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
-	var found []extraction
+	var foundBuf [4]extraction // a request has a token or two: kept on the stack
+	found := foundBuf[:0]
 	var query url.Values
 	parsed := false
 	for k, rule := range j.rules {
@@ -113,16 +129,10 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 	}
 	// valid: each token that a rule of its issuer, reading where the token was
 	// found, accepts (normally one token).
-	type validToken struct {
-		token string
-		v     *verifiedToken
-	}
-	var valid []validToken
-	isValid := func(t string) bool {
-		return slices.ContainsFunc(valid, func(x validToken) bool { return x.token == t })
-	}
+	var validBuf [4]validToken
+	valid := validBuf[:0]
 	for _, e := range found {
-		if isValid(e.token) {
+		if validIndex(valid, e.token) >= 0 {
 			continue
 		}
 		if v := j.verify(e.token, &j.rules[e.rule], r.now); v != nil {
@@ -131,7 +141,7 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 	}
 	var failed string // the first invalid token in sort order
 	for _, e := range found {
-		if !isValid(e.token) && (failed == "" || e.token < failed) {
+		if validIndex(valid, e.token) < 0 && (failed == "" || e.token < failed) {
 			failed = e.token
 		}
 	}
@@ -165,10 +175,7 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 		}
 	}
 	for _, id := range sortedSet(validating) {
-		res.reasons = append(res.reasons, map[string]any{
-			"kind": "RequestAuthentication", "policy": id, "effect": "allow",
-			"principal": res.auth.principal, "detail": res.auth.principal,
-		})
+		res.reasons = append(res.reasons, auth.v.reason(id))
 	}
 	res.remove = sortedSet(res.remove)
 	for _, name := range slices.Sorted(maps.Keys(headers)) {
@@ -356,6 +363,28 @@ type verifiedAnswer struct {
 type verifiedToken struct {
 	issuer string
 	auth   nativeAuth
+
+	mu      sync.Mutex
+	reasons map[string]any // policy → the reason it reports for the token, made once
+}
+
+// reason is the reason RequestAuthentication policy reports when it validates
+// the token.
+func (v *verifiedToken) reason(policy string) any {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r, ok := v.reasons[policy]
+	if !ok {
+		r = map[string]any{
+			"kind": "RequestAuthentication", "policy": policy, "effect": "allow",
+			"principal": v.auth.principal, "detail": v.auth.principal,
+		}
+		if v.reasons == nil {
+			v.reasons = map[string]any{}
+		}
+		v.reasons[policy] = r
+	}
+	return r
 }
 
 func newJWTCache() *jwtCache {

@@ -10,8 +10,10 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/palisade-mesh/palisade/bench/authz/policygen"
+	"github.com/palisade-mesh/palisade/rego"
 )
 
 // TestNativeJWTFollowsTheClock: a token accepted once is cached, but the cache
@@ -136,3 +138,29 @@ func FuzzNativeDecision(f *testing.F) {
 		}
 	})
 }
+
+// TestNativePanicDenies: a native decision that panics denies the request as an
+// evaluation error, counted, instead of ending the server.
+func TestNativePanicDenies(t *testing.T) {
+	broken := &nativeDecision{allow: []nativePolicy{{id: "default/broken", rules: []nativeRule{{match: []matcher{
+		func(*nativeRequest) bool { panic("a bug") },
+	}}}}}}
+	k := WorkloadKey{"default", "app=reviews"}
+	p := &rego.Prepared{Policy: rego.Policy{Native: nativeDecisions{workloadQueryName(k.Namespace, k.Labels): broken}, Revision: "r"}}
+	s := NewServer(Config{Policies: fixedPolicy{p}})
+	req := request{method: "GET", path: "/", host: "reviews", extensions: map[string]string{ExtensionWorkloadNamespace: k.Namespace, ExtensionWorkloadLabels: k.Labels}}.check()
+	resp, err := s.Check(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetDeniedResponse() == nil || !strings.Contains(resp.GetStatus().GetMessage(), "a bug") {
+		t.Errorf("response %v: want a denial naming the panic", resp)
+	}
+	if n := testutil.ToFloat64(s.decisions.WithLabelValues("deny", string(FailureEval))); n != 1 {
+		t.Errorf("%v evaluation errors counted, want 1", n)
+	}
+}
+
+type fixedPolicy struct{ p *rego.Prepared }
+
+func (f fixedPolicy) Current() *rego.Prepared { return f.p }

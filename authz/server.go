@@ -122,10 +122,22 @@ func evaluate(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest, n
 	query := WorkloadQuery(req)
 	if p != nil {
 		if n, ok := p.Policy.Native.(nativeDecisions); ok && n[query] != nil {
-			return evaluation{decision: n[query].decide(req, now), native: true, revision: p.Policy.Revision}
+			return decideNative(n[query], req, now, p.Policy.Revision)
 		}
 	}
 	return decide(ctx, p, query, QueryInput(p, query, req))
+}
+
+// decideNative makes a native decision. A panic there (a bug: FuzzNativeDecision
+// looks for them) denies the request, as an evaluation error does, rather than
+// ending the server.
+func decideNative(n *nativeDecision, req *authv3.CheckRequest, now time.Time, revision string) (e evaluation) {
+	defer func() {
+		if r := recover(); r != nil {
+			e = evaluation{decision: failed(FailureEval, fmt.Sprintf("evaluating the native decision: %v", r)), revision: revision}
+		}
+	}()
+	return evaluation{decision: n.decide(req, now), native: true, revision: revision}
 }
 
 // Decide decides req by policy p as the ext_authz server does (without counting

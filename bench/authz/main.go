@@ -18,7 +18,7 @@
 // percentiles, the server's CPU time per decision and its RSS are reported. The
 // allow/deny decisions of Palisade and OPA-Envoy must agree, or the program fails.
 // Then the cost of decision logging (palisaded --decision-log), and single
-// decisions of the mesh library in process (100 policies among them; -inprocess
+// decisions in process as palisaded makes them (100 policies among them; -inprocess
 // measures only those). Scenarios are in scenarios.go and testdata/; -json writes
 // every raw figure.
 //
@@ -83,7 +83,7 @@ func main() {
 	concurrency := flag.String("concurrency", "1,16,64", "numbers of concurrent callers, comma-separated (over min(callers, 4) gRPC connections)")
 	scenarios := flag.String("scenarios", "small,jwt", "scenarios, comma-separated: small, jwt (testdata/), policies100 (policygen's mesh of 100 policies)")
 	flag.StringVar(&o.jsonFile, "json", "", "write every raw result to this file, as JSON")
-	flag.BoolVar(&o.inProcessOnly, "inprocess", false, "only measure single decisions of the mesh library in process (by default measured after the servers)")
+	flag.BoolVar(&o.inProcessOnly, "inprocess", false, "only measure single decisions in process (by default measured after the servers)")
 	flag.BoolVar(&o.noInProcess, "no-inprocess", false, "skip the in-process measurement")
 	flag.IntVar(&o.decisions, "decisions", 20000, "decisions timed in process per scenario and way (at most; see -inprocess-time)")
 	flag.DurationVar(&o.inProcessTime, "inprocess-time", 10*time.Second, "time budget of the decisions timed in process per scenario and way (at least 2000 are timed)")
@@ -846,7 +846,7 @@ func printDecisionLog(scenarios []*scenarioResult) {
 }
 
 func printInProcess(rs []inProcessResult, cpu string) {
-	fmt.Printf("\n## In process: single decisions of the mesh library\n\nOne goroutine, pinned to CPU %s, GOMAXPROCS=1 (the garbage collector shares the CPU); each decision timed alone. Palisade: authz.QueryInput (the parts of the input the query reads, as palisaded builds them when it does not log decisions), then Eval of rego.Engine's prepared query (JWT cache of 10000 entries). OPA-Envoy: authz.InputViaJSON (+ input.palisade.workload), then Eval of a straightforwardly prepared query with rego.EvalInput. Target: the mesh library with 100 policies under 50 µs p99. The machine baseline is fixed work timed the same way: what the machine alone does to the tail.\n\n", cpu)
+	fmt.Printf("\n## In process: single decisions of the mesh's policies\n\nOne goroutine, pinned to CPU %s, GOMAXPROCS=1 (the garbage collector shares the CPU); each decision timed alone. Palisade: authz.Decide, as palisaded decides: the workload's native decision (Go matchers compiled from its policies, read from the CheckRequest) where it has one, else its compiled Rego or the library on the parts of the input the query reads. OPA-Envoy: authz.InputViaJSON (+ input.palisade.workload), then Eval of a straightforwardly prepared query with rego.EvalInput. Target: the mesh library with 100 policies under 50 µs p99. The machine baseline is fixed work timed the same way: what the machine alone does to the tail.\n\n", cpu)
 	fmt.Println("| scenario | way | decisions | p50 | p99 | p99.9 | mean | Eval alone p50 / p99 | allocs/decision | KB/decision | allowed / denied |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
