@@ -78,32 +78,24 @@ func compileNative(w workloadPolicies, tokens *jwtCache) (d *nativeDecision, ok 
 	}
 	d = &nativeDecision{}
 	for _, p := range w.policies {
+		np := nativePolicy{id: p.id}
 		var list *[]nativePolicy
-		action, effect := "", ""
+		var action, effect string
 		switch p.spec.GetAction() {
 		case security.AuthorizationPolicy_DENY:
 			list, action, effect = &d.deny, "DENY", "deny"
+			np.decided = "denied by DENY policy " + p.id
 		case security.AuthorizationPolicy_AUDIT:
 			list, action, effect = &d.audit, "AUDIT", "audit"
 		case security.AuthorizationPolicy_ALLOW:
 			list, action, effect = &d.allow, "ALLOW", "allow"
+			np.decided = "allowed by ALLOW policy " + p.id
 			d.noMatch = append(d.noMatch, map[string]any{"kind": "AuthorizationPolicy", "policy": p.id, "action": "ALLOW", "effect": "no match"})
 		default: // CUSTOM asks RegoPolicies
 			return nil, false
 		}
-		np := nativePolicy{id: p.id}
-		switch action {
-		case "DENY":
-			np.decided = "denied by DENY policy " + p.id
-		case "ALLOW":
-			np.decided = "allowed by ALLOW policy " + p.id
-		}
 		for i, r := range p.spec.GetRules() {
-			match, can := ruleMatchers(r)
-			if !can {
-				continue
-			}
-			np.rules = append(np.rules, nativeRule{match: match, reason: map[string]any{
+			np.rules = append(np.rules, nativeRule{match: ruleMatchers(r), reason: map[string]any{
 				"kind": "AuthorizationPolicy", "policy": p.id, "action": action, "rule": json.Number(strconv.Itoa(i)), "effect": effect,
 			}})
 		}
@@ -116,45 +108,53 @@ func compileNative(w workloadPolicies, tokens *jwtCache) (d *nativeDecision, ok 
 }
 
 // ruleMatchers are authz.rego's rule_matches(rule): from, to and every when
-// condition. can is false when the rule never matches.
-func ruleMatchers(r *security.Rule) (ms []matcher, can bool) {
-	if from := r.GetFrom(); len(from) > 0 {
-		var entries [][]matcher
-		for _, f := range from {
-			entries = append(entries, fieldMatchers(f.GetSource(), sourceFields, sourceFieldMatcher))
+// condition.
+func ruleMatchers(r *security.Rule) []matcher {
+	var ms []matcher
+	for _, entries := range []struct {
+		messages []proto.Message
+		fields   []string
+		field    func(name string, patterns []string) matcher
+	}{
+		{sources(r.GetFrom()), sourceFields, sourceFieldMatcher},
+		{operations(r.GetTo()), operationFields, operationFieldMatcher},
+	} {
+		if len(entries.messages) > 0 {
+			conj := make([][]matcher, len(entries.messages))
+			for i, m := range entries.messages {
+				conj[i] = fieldMatchers(m, entries.fields, entries.field)
+			}
+			ms = append(ms, anyEntry(conj)...)
 		}
-		m, ok := anyEntry(entries)
-		if !ok {
-			return nil, false
-		}
-		ms = append(ms, m...)
-	}
-	if to := r.GetTo(); len(to) > 0 {
-		var entries [][]matcher
-		for _, t := range to {
-			entries = append(entries, fieldMatchers(t.GetOperation(), operationFields, operationFieldMatcher))
-		}
-		m, ok := anyEntry(entries)
-		if !ok {
-			return nil, false
-		}
-		ms = append(ms, m...)
 	}
 	for _, c := range r.GetWhen() {
 		ms = append(ms, conditionMatcher(c))
 	}
-	return ms, true
+	return ms
 }
 
-// anyEntry is "one of the entries (each a conjunction) holds": no matcher when an
-// entry is empty (it always holds).
-func anyEntry(entries [][]matcher) ([]matcher, bool) {
-	if len(entries) == 0 {
-		return nil, false
+func sources(from []*security.Rule_From) []proto.Message {
+	out := make([]proto.Message, len(from))
+	for i, f := range from {
+		out[i] = f.GetSource()
 	}
+	return out
+}
+
+func operations(to []*security.Rule_To) []proto.Message {
+	out := make([]proto.Message, len(to))
+	for i, t := range to {
+		out[i] = t.GetOperation()
+	}
+	return out
+}
+
+// anyEntry is "one of the entries (each a conjunction, at least one entry)
+// holds": no matcher when an entry is empty (it always holds).
+func anyEntry(entries [][]matcher) []matcher {
 	for _, e := range entries {
 		if len(e) == 0 {
-			return nil, true
+			return nil
 		}
 	}
 	return []matcher{func(r *nativeRequest) bool {
@@ -164,7 +164,7 @@ func anyEntry(entries [][]matcher) ([]matcher, bool) {
 			}
 		}
 		return false
-	}}, true
+	}}
 }
 
 func all(ms []matcher, r *nativeRequest) bool {

@@ -39,8 +39,7 @@ type nativeJWTRule struct {
 }
 
 func compileJWT(policies []string, rules []jwtRule, cache *jwtCache) *nativeJWT {
-	j := &nativeJWT{policies: policies, cache: cache}
-	slices.Sort(j.policies)
+	j := &nativeJWT{policies: slices.Sorted(slices.Values(policies)), cache: cache}
 	for _, r := range rules {
 		nr := nativeJWTRule{
 			policy: r.id, issuer: r.rule.GetIssuer(), audiences: r.rule.GetAudiences(),
