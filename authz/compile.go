@@ -581,17 +581,21 @@ func (g *generator) stringTest(patterns []string, val value) test {
 func (g *generator) ipTest(blocks []string, val value) test {
 	var alts alternatives
 	for _, block := range blocks {
-		c := block
-		switch {
-		case strings.Contains(block, "/"):
-		case strings.Contains(block, ":"):
-			c = block + "/128"
-		default:
-			c = block + "/32"
-		}
-		alts.add(fmt.Sprintf(`%s != ""`, val.expr), fmt.Sprintf("net.cidr_contains(%s, %s)", g.str(c), val.expr))
+		alts.add(fmt.Sprintf(`%s != ""`, val.expr), fmt.Sprintf("net.cidr_contains(%s, %s)", g.str(blockCIDR(block)), val.expr))
 	}
 	return test{bind: val.bind, alts: alts.alts}
+}
+
+// blockCIDR is authz.rego's cidr(block): an IP block as a CIDR, a bare IP its
+// /32 or /128.
+func blockCIDR(block string) string {
+	switch {
+	case strings.Contains(block, "/"):
+		return block
+	case strings.Contains(block, ":"):
+		return block + "/128"
+	}
+	return block + "/32"
 }
 
 // portTest is V in ports: ports match exactly, as strings.

@@ -576,15 +576,7 @@ func TestDifferentialHarnessCatchesMistakes(t *testing.T) {
 		{"a JWT header removal", `not jwt_rules[k].forwardOriginalToken`, `jwt_rules[k].forwardOriginalToken`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			snap := decodeSnapshot(t, fmt.Sprintf(readTestdata(t, "e2e.yaml"), s.main.JWKS())+`---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit-all, namespace: default}
-spec:
-  action: AUDIT
-  rules: [{}]
-`)
-			keys := []WorkloadKey{{"default", "app=reviews"}, {"default", "app=ratings"}}
+			snap, keys := tamperScenario(t, s)
 			tampered := 0
 			pp := preparePair(t, snap, keys, nil, func(m map[string]string) {
 				for name, text := range m {
@@ -603,6 +595,20 @@ spec:
 			}
 		})
 	}
+}
+
+// tamperScenario is the e2e policies with an AUDIT policy, and two of their
+// workloads: what the harness tests change decisions of.
+func tamperScenario(t *testing.T, s signers) (*mesh.Snapshot, []WorkloadKey) {
+	snap := decodeSnapshot(t, fmt.Sprintf(readTestdata(t, "e2e.yaml"), s.main.JWKS())+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: default}
+spec:
+  action: AUDIT
+  rules: [{}]
+`)
+	return snap, []WorkloadKey{{"default", "app=reviews"}, {"default", "app=ratings"}}
 }
 
 // TestDifferentialHarnessCatchesNativeMistakes: so are native decisions that
@@ -658,15 +664,7 @@ func TestDifferentialHarnessCatchesNativeMistakes(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			snap := decodeSnapshot(t, fmt.Sprintf(readTestdata(t, "e2e.yaml"), s.main.JWKS())+`---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit-all, namespace: default}
-spec:
-  action: AUDIT
-  rules: [{}]
-`)
-			keys := []WorkloadKey{{"default", "app=reviews"}, {"default", "app=ratings"}}
+			snap, keys := tamperScenario(t, s)
 			pp := preparePair(t, snap, keys, nil, nil)
 			tampered := 0
 			for _, d := range pp.natives {

@@ -299,16 +299,12 @@ func appendResult(b []byte, v any) []byte {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		b = append(b, '{')
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, k)
-			b = append(b, ':')
-			b = appendResult(b, v[k])
+		w := openObject(b)
+		for _, k := range keys {
+			w.key(k)
+			w.b = appendResult(w.b, v[k])
 		}
-		return append(b, '}')
+		return w.close()
 	}
 	bs, err := json.Marshal(v)
 	if err != nil {

@@ -46,189 +46,151 @@ func appendInput(b []byte, req *authv3.CheckRequest, keys *[]string) []byte {
 	return append(b, `,"version":{"encoding":"protojson","ext_authz":"v3"}}`...)
 }
 
-func appendAttributes(b []byte, a *authv3.AttributeContext, headers map[string]string, keys *[]string) []byte {
-	b = append(b, '{')
-	n := 0
-	field := func(name string) {
-		if n > 0 {
-			b = append(b, ',')
-		}
-		n++
-		b = appendString(b, name)
-		b = append(b, ':')
+// objectWriter writes a JSON object's members, with the commas between them.
+type objectWriter struct {
+	b []byte
+	n int
+}
+
+func openObject(b []byte) *objectWriter { return &objectWriter{b: append(b, '{')} }
+
+// key starts a member: its value is appended to w.b next.
+func (w *objectWriter) key(name string) {
+	if w.n > 0 {
+		w.b = append(w.b, ',')
 	}
+	w.n++
+	w.b = appendString(w.b, name)
+	w.b = append(w.b, ':')
+}
+
+// str writes a string member, unless value is "" (protojson leaves it out).
+func (w *objectWriter) str(name, value string) {
+	if value != "" {
+		w.key(name)
+		w.b = appendString(w.b, value)
+	}
+}
+
+func (w *objectWriter) close() []byte { return append(w.b, '}') }
+
+func appendAttributes(b []byte, a *authv3.AttributeContext, headers map[string]string, keys *[]string) []byte {
+	w := openObject(b)
 	if len(a.ContextExtensions) > 0 {
-		field("contextExtensions")
-		b = appendStringMap(b, a.ContextExtensions, keys)
+		w.key("contextExtensions")
+		w.b = appendStringMap(w.b, a.ContextExtensions, keys)
 	}
 	if a.Destination != nil {
-		field("destination")
-		b = appendPeer(b, a.Destination, keys)
+		w.key("destination")
+		w.b = appendPeer(w.b, a.Destination, keys)
 	}
 	if t := metadata(a.MetadataContext); t != nil {
-		field("metadataContext")
-		b = appendValue(b, t.Value)
+		w.key("metadataContext")
+		w.b = appendValue(w.b, t.Value)
 	}
 	if r := a.Request; r != nil {
-		field("request")
-		b = append(b, '{')
+		w.key("request")
+		rw := openObject(w.b)
 		if h := r.Http; h != nil {
-			b = append(b, `"http":`...)
-			b = appendHTTP(b, h, headers, keys)
+			rw.key("http")
+			rw.b = appendHTTP(rw.b, h, headers, keys)
 		}
 		if r.Time != nil {
-			if h := r.Http; h != nil {
-				b = append(b, ',')
-			}
-			b = append(b, `"time":`...)
-			b = appendString(b, timestamp(r.Time))
+			rw.str("time", timestamp(r.Time))
 		}
-		b = append(b, '}')
+		w.b = rw.close()
 	}
 	if t := metadata(a.RouteMetadataContext); t != nil {
-		field("routeMetadataContext")
-		b = appendValue(b, t.Value)
+		w.key("routeMetadataContext")
+		w.b = appendValue(w.b, t.Value)
 	}
 	if a.Source != nil {
-		field("source")
-		b = appendPeer(b, a.Source, keys)
+		w.key("source")
+		w.b = appendPeer(w.b, a.Source, keys)
 	}
 	if a.TlsSession != nil {
-		field("tlsSession")
-		b = append(b, '{')
-		if a.TlsSession.Sni != "" {
-			b = append(b, `"sni":`...)
-			b = appendString(b, a.TlsSession.Sni)
-		}
-		b = append(b, '}')
+		w.key("tlsSession")
+		tw := openObject(w.b)
+		tw.str("sni", a.TlsSession.Sni)
+		w.b = tw.close()
 	}
-	return append(b, '}')
+	return w.close()
 }
 
 // appendPeer is peerObject's JSON.
 func appendPeer(b []byte, p *authv3.AttributeContext_Peer, keys *[]string) []byte {
-	b = append(b, '{')
-	n := 0
-	field := func(name string) {
-		if n > 0 {
-			b = append(b, ',')
-		}
-		n++
-		b = appendString(b, name)
-		b = append(b, ':')
-	}
+	w := openObject(b)
 	if sa := p.GetAddress().GetSocketAddress(); sa != nil {
-		field("address")
-		b = append(b, `{"socketAddress":{`...)
-		m := 0
-		sub := func(name string) {
-			if m > 0 {
-				b = append(b, ',')
-			}
-			m++
-			b = appendString(b, name)
-			b = append(b, ':')
-		}
-		if sa.Address != "" {
-			sub("address")
-			b = appendString(b, sa.Address)
-		}
+		w.key("address")
+		w.b = append(w.b, `{"socketAddress":`...)
+		sw := openObject(w.b)
+		sw.str("address", sa.Address)
 		switch port := sa.PortSpecifier.(type) {
 		case *corev3.SocketAddress_NamedPort:
-			sub("namedPort")
-			b = appendString(b, port.NamedPort)
+			sw.key("namedPort")
+			sw.b = appendString(sw.b, port.NamedPort)
 		case *corev3.SocketAddress_PortValue:
 			if port.PortValue != 0 {
-				sub("portValue")
-				b = strconv.AppendUint(b, uint64(port.PortValue), 10)
+				sw.key("portValue")
+				sw.b = strconv.AppendUint(sw.b, uint64(port.PortValue), 10)
 			}
 		}
 		if sa.Protocol != corev3.SocketAddress_TCP {
-			sub("protocol")
-			b = appendString(b, sa.Protocol.String())
+			sw.str("protocol", sa.Protocol.String())
 		}
-		b = append(b, "}}"...)
+		w.b = append(sw.close(), '}')
 	} else if p.GetAddress() != nil {
 		if t := viaJSON(p.GetAddress()); t != nil {
-			field("address")
-			b = appendValue(b, t.Value)
+			w.key("address")
+			w.b = appendValue(w.b, t.Value)
 		}
 	}
-	if p.Certificate != "" {
-		field("certificate")
-		b = appendString(b, p.Certificate)
-	}
+	w.str("certificate", p.Certificate)
 	if len(p.Labels) > 0 {
-		field("labels")
-		b = appendStringMap(b, p.Labels, keys)
+		w.key("labels")
+		w.b = appendStringMap(w.b, p.Labels, keys)
 	}
-	if p.Principal != "" {
-		field("principal")
-		b = appendString(b, p.Principal)
-	}
-	if p.Service != "" {
-		field("service")
-		b = appendString(b, p.Service)
-	}
-	return append(b, '}')
+	w.str("principal", p.Principal)
+	w.str("service", p.Service)
+	return w.close()
 }
 
 // appendHTTP is httpRequest's JSON, the headers' secrets and the request
 // target's access_token masked.
 func appendHTTP(b []byte, h *authv3.AttributeContext_HttpRequest, headers map[string]string, keys *[]string) []byte {
-	b = append(b, '{')
-	n := 0
-	str := func(name, value string) {
-		if value == "" {
-			return
-		}
-		if n > 0 {
-			b = append(b, ',')
-		}
-		n++
-		b = appendString(b, name)
-		b = append(b, ':')
-		b = appendString(b, value)
-	}
-	str("body", h.Body)
-	str("fragment", h.Fragment)
+	w := openObject(b)
+	w.str("body", h.Body)
+	w.str("fragment", h.Fragment)
 	if len(headers) > 0 {
-		if n > 0 {
-			b = append(b, ',')
-		}
-		n++
-		b = append(b, `"headers":{`...)
-		for i, k := range sortedKeys(headers, keys) {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, k)
-			b = append(b, ':')
+		w.key("headers")
+		hw := openObject(w.b)
+		for _, k := range sortedKeys(headers, keys) {
+			hw.key(k)
 			switch k {
 			case "authorization", "proxy-authorization", "cookie":
-				b = appendString(b, maskedValue)
+				hw.b = appendString(hw.b, maskedValue) // even ""
 			case ":path":
-				b = appendString(b, maskTarget(headers[k]))
+				hw.b = appendString(hw.b, maskTarget(headers[k]))
 			default:
-				b = appendString(b, headers[k])
+				hw.b = appendString(hw.b, headers[k])
 			}
 		}
-		b = append(b, '}')
+		w.b = hw.close()
 	}
-	str("host", h.Host)
-	str("id", h.Id)
-	str("method", h.Method)
-	str("path", maskTarget(h.Path))
-	str("protocol", h.Protocol)
-	str("query", h.Query)
+	w.str("host", h.Host)
+	w.str("id", h.Id)
+	w.str("method", h.Method)
+	w.str("path", maskTarget(h.Path))
+	w.str("protocol", h.Protocol)
+	w.str("query", h.Query)
 	if len(h.RawBody) > 0 {
-		str("rawBody", base64.StdEncoding.EncodeToString(h.RawBody))
+		w.str("rawBody", base64.StdEncoding.EncodeToString(h.RawBody))
 	}
-	str("scheme", h.Scheme)
+	w.str("scheme", h.Scheme)
 	if h.Size != 0 {
-		str("size", strconv.FormatInt(h.Size, 10)) // protojson writes 64-bit integers as strings
+		w.str("size", strconv.FormatInt(h.Size, 10)) // protojson writes 64-bit integers as strings
 	}
-	return append(b, '}')
+	return w.close()
 }
 
 // appendParsedPath appends ,"parsed_path":[...],"parsed_query":{...} as
@@ -246,43 +208,36 @@ func appendParsedPath(b []byte, target string, keys *[]string) []byte {
 		}
 		b = appendString(b, s)
 	}
-	b = append(b, `],"parsed_query":{`...)
+	b = append(b, `],"parsed_query":`...)
+	w := openObject(b)
 	if rawQuery != "" {
 		values, _ := url.ParseQuery(rawQuery)
-		for i, k := range sortedKeys(values, keys) {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, k)
-			b = append(b, ':')
+		for _, k := range sortedKeys(values, keys) {
+			w.key(k)
 			if k == "access_token" {
-				b = appendString(b, maskedValue)
+				w.b = appendString(w.b, maskedValue)
 				continue
 			}
-			b = append(b, '[')
+			w.b = append(w.b, '[')
 			for j, v := range values[k] {
 				if j > 0 {
-					b = append(b, ',')
+					w.b = append(w.b, ',')
 				}
-				b = appendString(b, v)
+				w.b = appendString(w.b, v)
 			}
-			b = append(b, ']')
+			w.b = append(w.b, ']')
 		}
 	}
-	return append(b, '}')
+	return w.close()
 }
 
 func appendStringMap(b []byte, m map[string]string, keys *[]string) []byte {
-	b = append(b, '{')
-	for i, k := range sortedKeys(m, keys) {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, k)
-		b = append(b, ':')
-		b = appendString(b, m[k])
+	w := openObject(b)
+	for _, k := range sortedKeys(m, keys) {
+		w.key(k)
+		w.b = appendString(w.b, m[k])
 	}
-	return append(b, '}')
+	return w.close()
 }
 
 // sortedKeys returns m's keys sorted, in scratch's storage: the encoder's, reused

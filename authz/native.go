@@ -443,14 +443,7 @@ type blocks struct {
 func compileBlocks(list []string) blocks {
 	var b blocks
 	for _, block := range list {
-		c := block
-		switch {
-		case strings.Contains(block, "/"):
-		case strings.Contains(block, ":"):
-			c = block + "/128"
-		default:
-			c = block + "/32"
-		}
+		c := blockCIDR(block)
 		_, n, _ := net.ParseCIDR(c)
 		b.nets = append(b.nets, n)
 		b.cidrs = append(b.cidrs, ast.StringTerm(c))
