@@ -21,8 +21,8 @@ import (
 // that decide as data.palisade.mesh.decision does for that workload's requests,
 // the way Istio compiles AuthorizationPolicies into Envoy's RBAC filter. The mesh
 // library (policies/mesh) stays the definition: the native decision is written
-// rule for rule after it, and TestCompiledDecisionEqualsLibrary checks the two
-// deep-equal on random requests. OPA's evaluator costs tens of microseconds and
+// rule for rule after it; TestCompiledDecisionEqualsLibrary checks the two
+// deep-equal on random requests, and FuzzNativeDecision on fuzzed ones. OPA's evaluator costs tens of microseconds and
 // hundreds of allocations per decision however small the policy; a native
 // decision costs a few, so the ext_authz server's cost stays close to gRPC's.
 //
@@ -47,8 +47,8 @@ type nativeDecision struct {
 	jwt     *nativeJWT // nil: no RequestAuthentication applies
 }
 
-// nativePolicy is an applicable AuthorizationPolicy: its rules that can match, in
-// order, each with the reason the decision reports when it is the first to match.
+// nativePolicy is an applicable AuthorizationPolicy: its rules in order, each
+// with the reason the decision reports when it is the first to match.
 type nativePolicy struct {
 	id    string
 	rules []nativeRule
