@@ -125,7 +125,7 @@ func evaluate(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest, n
 			return decideNative(n[query], req, now, p.Policy.Revision)
 		}
 	}
-	return decide(ctx, p, query, QueryInput(p, query, req))
+	return decide(ctx, p, query, queryInput(p, query, req))
 }
 
 // decideNative makes a native decision. A panic there (a bug: FuzzNativeDecision
@@ -146,10 +146,10 @@ func Decide(ctx context.Context, p *rego.Prepared, req *authv3.CheckRequest) Dec
 	return evaluate(ctx, p, req, time.Now()).decision
 }
 
-// QueryInput is the input for evaluating query of policy p (see EvalNamed): the
+// queryInput is the input for evaluating query of policy p (see EvalNamed): the
 // parts of Input(req) the query can read, when the engine says which (NewEngine's
 // does), else all of it.
-func QueryInput(p *rego.Prepared, query string, req *authv3.CheckRequest) ast.Value {
+func queryInput(p *rego.Prepared, query string, req *authv3.CheckRequest) ast.Value {
 	if p != nil {
 		if parts, ok := p.InputUse(query).(*inputParts); ok {
 			return buildInput(req, parts)
