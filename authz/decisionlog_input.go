@@ -3,10 +3,8 @@ package authz
 import (
 	"encoding/base64"
 	"maps"
-	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -196,13 +194,8 @@ func appendHTTP(b []byte, h *authv3.AttributeContext_HttpRequest, headers map[st
 // appendParsedPath appends ,"parsed_path":[...],"parsed_query":{...} as
 // parsePath makes them, the access_token parameter masked.
 func appendParsedPath(b []byte, target string, keys *[]string) []byte {
-	raw, rawQuery, _ := strings.Cut(target, "?")
-	decoded, err := url.PathUnescape(raw)
-	if err != nil {
-		decoded = raw
-	}
 	b = append(b, `,"parsed_path":[`...)
-	for i, s := range strings.Split(strings.TrimLeft(decoded, "/"), "/") {
+	for i, s := range pathSegments(target) {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -210,23 +203,21 @@ func appendParsedPath(b []byte, target string, keys *[]string) []byte {
 	}
 	b = append(b, `],"parsed_query":`...)
 	w := openObject(b)
-	if rawQuery != "" {
-		values, _ := url.ParseQuery(rawQuery)
-		for _, k := range sortedKeys(values, keys) {
-			w.key(k)
-			if k == "access_token" {
-				w.b = appendString(w.b, maskedValue)
-				continue
-			}
-			w.b = append(w.b, '[')
-			for j, v := range values[k] {
-				if j > 0 {
-					w.b = append(w.b, ',')
-				}
-				w.b = appendString(w.b, v)
-			}
-			w.b = append(w.b, ']')
+	values := targetQuery(target)
+	for _, k := range sortedKeys(values, keys) {
+		w.key(k)
+		if k == "access_token" {
+			w.b = appendString(w.b, maskedValue)
+			continue
 		}
+		w.b = append(w.b, '[')
+		for j, v := range values[k] {
+			if j > 0 {
+				w.b = append(w.b, ',')
+			}
+			w.b = appendString(w.b, v)
+		}
+		w.b = append(w.b, ']')
 	}
 	return w.close()
 }

@@ -439,23 +439,16 @@ func viaJSON(m proto.Message) *ast.Term {
 }
 
 // parsePath splits the request target as OPA-Envoy does: the path's segments
-// (percent-decoded, leading '/' removed) and the query's values by name. A target
-// that does not parse as a URL keeps its raw segments and an empty query.
+// (pathSegments) and the query's values by name (targetQuery).
 func parsePath(target string, withQuery bool) (path, query *ast.Term) {
-	raw, rawQuery, _ := strings.Cut(target, "?")
-	decoded, err := url.PathUnescape(raw)
-	if err != nil {
-		decoded = raw
-	}
-	segments := strings.Split(strings.TrimLeft(decoded, "/"), "/")
+	segments := pathSegments(target)
 	terms := make([]*ast.Term, len(segments))
 	for i, s := range segments {
 		terms[i] = ast.StringTerm(s)
 	}
 	q := ast.NewObject()
-	if rawQuery != "" && withQuery {
-		values, _ := url.ParseQuery(rawQuery) // keeps what parses, as net/url does
-		for k, vs := range values {
+	if withQuery {
+		for k, vs := range targetQuery(target) {
 			items := make([]*ast.Term, len(vs))
 			for i, v := range vs {
 				items[i] = ast.StringTerm(v)
@@ -464,6 +457,28 @@ func parsePath(target string, withQuery bool) (path, query *ast.Term) {
 		}
 	}
 	return ast.ArrayTerm(terms...), ast.NewTerm(q)
+}
+
+// pathSegments are input.parsed_path: the target's path percent-decoded (kept
+// raw when it does not decode), its leading '/' removed, split at '/'.
+func pathSegments(target string) []string {
+	raw, _, _ := strings.Cut(target, "?")
+	decoded, err := url.PathUnescape(raw)
+	if err != nil {
+		decoded = raw
+	}
+	return strings.Split(strings.TrimLeft(decoded, "/"), "/")
+}
+
+// targetQuery is input.parsed_query: the values of the target's query by name,
+// what of it parses (nil without a query).
+func targetQuery(target string) url.Values {
+	_, raw, _ := strings.Cut(target, "?")
+	if raw == "" {
+		return nil
+	}
+	values, _ := url.ParseQuery(raw) // keeps what parses, as net/url does
+	return values
 }
 
 // parseBody parses a JSON body as OPA-Envoy does: only when the content type says

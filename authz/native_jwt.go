@@ -109,7 +109,7 @@ func (j *nativeJWT) evaluate(r *nativeRequest) jwtResult {
 				}
 			case loc.param != "":
 				if !parsed {
-					query, parsed = queryOf(r.http.GetPath()), true
+					query, parsed = targetQuery(r.http.GetPath()), true
 				}
 				for _, t := range query[loc.param] {
 					if t != "" {
@@ -286,16 +286,6 @@ func headerToken(headers map[string]string, name, prefix string) (string, bool) 
 	}
 	t := strings.TrimSpace(v[len(prefix):])
 	return t, t != ""
-}
-
-// queryOf is input.parsed_query as Input builds it.
-func queryOf(target string) url.Values {
-	_, raw, _ := strings.Cut(target, "?")
-	if raw == "" {
-		return nil
-	}
-	values, _ := url.ParseQuery(raw) // keeps what parses, as Input does
-	return values
 }
 
 // cookieTokens is jwt.rego's cookie_tokens(name).
