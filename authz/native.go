@@ -192,20 +192,15 @@ func sourceFieldMatcher(field string, patterns []string) matcher {
 	var m matcher
 	switch positive(field) {
 	case "principals":
-		p := compilePatterns(patterns)
-		m = func(r *nativeRequest) bool { return p.match(r.sourcePrincipal()) }
+		m = stringMatcher(patterns, (*nativeRequest).sourcePrincipal)
 	case "requestPrincipals":
-		p := compilePatterns(patterns)
-		m = func(r *nativeRequest) bool { return p.match(r.auth.principal) }
+		m = stringMatcher(patterns, func(r *nativeRequest) string { return r.auth.principal })
 	case "namespaces":
-		p := compilePatterns(patterns)
-		m = func(r *nativeRequest) bool { return p.match(r.sourceNamespace()) }
+		m = stringMatcher(patterns, (*nativeRequest).sourceNamespace)
 	case "ipBlocks":
-		b := compileBlocks(patterns)
-		m = func(r *nativeRequest) bool { return b.contain(r.sourceIP()) }
+		m = blocksMatcher(patterns, (*nativeRequest).sourceIP)
 	case "remoteIpBlocks":
-		b := compileBlocks(patterns)
-		m = func(r *nativeRequest) bool { return b.contain(r.remoteIP()) }
+		m = blocksMatcher(patterns, (*nativeRequest).remoteIP)
 	}
 	return negated(field, m)
 }
@@ -220,24 +215,27 @@ func operationFieldMatcher(field string, patterns []string) matcher {
 			lower[i] = strings.ToLower(p) // OPA's lower() is strings.ToLower
 		}
 		p := compilePatterns(lower)
-		m = func(r *nativeRequest) bool {
-			for _, h := range r.hostForms() {
-				if p.match(strings.ToLower(h)) {
-					return true
-				}
-			}
-			return false
-		}
+		m = func(r *nativeRequest) bool { return slices.ContainsFunc(r.lowerHostForms(), p.match) }
 	case "ports":
 		m = func(r *nativeRequest) bool { return slices.Contains(patterns, r.destinationPort()) }
 	case "methods":
-		p := compilePatterns(patterns)
-		m = func(r *nativeRequest) bool { return p.match(r.method()) }
+		m = stringMatcher(patterns, (*nativeRequest).method)
 	case "paths":
-		p := compilePatterns(patterns)
-		m = func(r *nativeRequest) bool { return p.match(r.path()) }
+		m = stringMatcher(patterns, (*nativeRequest).path)
 	}
 	return negated(field, m)
+}
+
+// stringMatcher matches an attribute against Istio's string patterns.
+func stringMatcher(patterns []string, attribute func(*nativeRequest) string) matcher {
+	p := compilePatterns(patterns)
+	return func(r *nativeRequest) bool { return p.match(attribute(r)) }
+}
+
+// blocksMatcher matches an address attribute against IP blocks.
+func blocksMatcher(blocks []string, attribute func(*nativeRequest) string) matcher {
+	b := compileBlocks(blocks)
+	return func(r *nativeRequest) bool { return b.contain(attribute(r)) }
 }
 
 // positive is the field a not form negates ("notPaths": "paths").
@@ -572,8 +570,9 @@ func (r *nativeRequest) path() string {
 	return p
 }
 
-// hostForms are the host as sent and without its port, if it has one.
-func (r *nativeRequest) hostForms() []string {
+// lowerHostForms are the host as sent and without its port, if it has one,
+// lower-cased (hosts match ignoring case).
+func (r *nativeRequest) lowerHostForms() []string {
 	if r.done&doneForms == 0 {
 		host := r.http.GetHost()
 		r.forms = append(r.forms[:0], host)
@@ -586,6 +585,9 @@ func (r *nativeRequest) hostForms() []string {
 			if i := strings.Index(host, "]:"); i > 0 && digits(host[i+2:]) {
 				r.forms = append(r.forms, host[:i+1])
 			}
+		}
+		for i, f := range r.forms {
+			r.forms[i] = strings.ToLower(f)
 		}
 		r.done |= doneForms
 	}
