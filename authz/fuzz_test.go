@@ -23,7 +23,6 @@ decision := {"allowed": allowed, "n": count(input.parsed_path) + count(input.par
 	allowed := object.get(input.attributes.request.http, "method", "") == "GET"
 	is_object(input.palisade.workload.labels)
 }`)
-	s := NewServer(Config{Policies: policy})
 	f.Fuzz(func(t *testing.T, method, path, contentType, body, hk, hv, labels string) {
 		req := request{method: method, path: path, host: "h", headers: map[string]string{"content-type": contentType, hk: hv}, body: body,
 			extensions: map[string]string{ExtensionWorkloadNamespace: "ns", ExtensionWorkloadLabels: labels}}.check()
@@ -35,7 +34,7 @@ decision := {"allowed": allowed, "n": count(input.parsed_path) + count(input.par
 		if _, err := json.Marshal(x); err != nil {
 			t.Fatalf("input does not encode: %v", err)
 		}
-		d, _, _ := s.Decide(context.Background(), "", in)
+		d := decide(context.Background(), policy.Current(), "", in).decision
 		if d.Failure != FailureNone {
 			t.Fatalf("no decision for %q %q: %s", method, path, d.Reason)
 		}

@@ -158,15 +158,6 @@ func queryInput(p *rego.Prepared, query string, req *authv3.CheckRequest) ast.Va
 	return Input(req)
 }
 
-// Decide evaluates the policy in force for one input, by the compiled decision of
-// the workload named by query (see workloadQueryName) when the policy has one, else
-// by the mesh library. It returns the decision, the policy's raw result (nil when no
-// policy decided) and the policy's revision.
-func (s *Server) Decide(ctx context.Context, query string, input ast.Value) (Decision, any, string) {
-	e := s.counted(decide(ctx, s.cfg.Policies.Current(), query, input))
-	return e.decision, e.result, e.revision
-}
-
 // counted counts a decision in the metric, and logs a denial no policy made.
 func (s *Server) counted(e evaluation) evaluation {
 	d := e.decision
