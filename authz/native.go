@@ -326,7 +326,7 @@ func conditionValues(key string, arg []string) func(r *nativeRequest) []string {
 	case "request.auth.presenter":
 		return present(func(r *nativeRequest) string { return r.auth.presenter })
 	case "connection.sni":
-		return present(func(r *nativeRequest) string { return r.tls().GetSni() })
+		return present(func(r *nativeRequest) string { return r.attrs.GetTlsSession().GetSni() })
 	}
 	if strings.HasPrefix(key, "request.headers[") {
 		name := arg[0]
@@ -503,8 +503,6 @@ const (
 	doneRemote
 	doneForms
 )
-
-func (r *nativeRequest) tls() *authv3.AttributeContext_TLSSession { return r.attrs.GetTlsSession() }
 
 // sourcePrincipal is the peer's identity without "spiffe://".
 func (r *nativeRequest) sourcePrincipal() string {
