@@ -251,21 +251,16 @@ func appendValue(b []byte, v ast.Value) []byte {
 	case ast.Object:
 		// Keys and Get rather than Foreach: a closure appending to b would move b
 		// and its state to the heap for every object.
-		b = append(b, '{')
-		for i, k := range v.Keys() {
-			val := v.Get(k)
-			if i > 0 {
-				b = append(b, ',')
-			}
+		w := openObject(b)
+		for _, k := range v.Keys() {
 			key, ok := k.Value.(ast.String)
 			if !ok {
 				key = ast.String(k.Value.String())
 			}
-			b = appendString(b, string(key))
-			b = append(b, ':')
-			b = appendValue(b, val.Value)
+			w.key(string(key))
+			w.b = appendValue(w.b, v.Get(k).Value)
 		}
-		return append(b, '}')
+		return w.close()
 	}
 	return appendString(b, v.String())
 }
@@ -320,16 +315,13 @@ func appendDecision(b []byte, d Decision) []byte {
 	b = strconv.AppendBool(b, d.Allowed)
 	b = append(b, `,"body":`...)
 	b = appendString(b, d.Body)
-	b = append(b, `,"headers":{`...)
-	for i, h := range d.Headers {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, h.Name)
-		b = append(b, ':')
-		b = appendString(b, h.Value)
+	b = append(b, `,"headers":`...)
+	w := openObject(b)
+	for _, h := range d.Headers {
+		w.key(h.Name)
+		w.b = appendString(w.b, h.Value)
 	}
-	b = append(b, `},"http_status":`...)
+	b = append(w.close(), `,"http_status":`...)
 	b = strconv.AppendInt(b, int64(d.HTTPStatus), 10)
 	b = append(b, `,"reason":`...)
 	b = appendString(b, d.Reason)

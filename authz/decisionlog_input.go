@@ -28,9 +28,12 @@ func appendInput(b []byte, req *authv3.CheckRequest, keys *[]string) []byte {
 		b = appendAttributes(b, attrs, headers, keys)
 		b = append(b, ',')
 	}
-	b = append(b, `"palisade":{"workload":`...)
-	b = appendValue(b, workload(attrs).Value)
-	b = append(b, '}')
+	// input.palisade.workload, its labels the parsed form Input shares.
+	b = append(b, `"palisade":{"workload":{"labels":`...)
+	b = appendValue(b, workloadLabels(attrs).Value)
+	b = append(b, `,"namespace":`...)
+	b = appendString(b, workloadNamespace(attrs))
+	b = append(b, "}}"...)
 	body, truncated, parsedBody := parseBody(httpReq, headers)
 	if parsedBody {
 		b = append(b, `,"parsed_body":`...)
@@ -50,7 +53,7 @@ type objectWriter struct {
 	n int
 }
 
-func openObject(b []byte) *objectWriter { return &objectWriter{b: append(b, '{')} }
+func openObject(b []byte) objectWriter { return objectWriter{b: append(b, '{')} }
 
 // key starts a member: its value is appended to w.b next.
 func (w *objectWriter) key(name string) {

@@ -509,15 +509,21 @@ func parseBody(h *authv3.AttributeContext_HttpRequest, headers map[string]string
 // configuration put in the context extensions, or else the namespace of the
 // destination's SPIFFE ID.
 func workload(a *authv3.AttributeContext) *ast.Term {
-	ext := a.GetContextExtensions()
-	ns, ok := ext[ExtensionWorkloadNamespace]
-	if !ok {
-		ns = spiffeNamespace(a.GetDestination().GetPrincipal())
-	}
 	return ast.ObjectTerm(
-		ast.Item(kNamespace, ast.StringTerm(ns)),
-		ast.Item(kLabels, labelsTerm(ext[ExtensionWorkloadLabels])),
+		ast.Item(kNamespace, ast.StringTerm(workloadNamespace(a))),
+		ast.Item(kLabels, workloadLabels(a)),
 	)
+}
+
+func workloadNamespace(a *authv3.AttributeContext) string {
+	if ns, ok := a.GetContextExtensions()[ExtensionWorkloadNamespace]; ok {
+		return ns
+	}
+	return spiffeNamespace(a.GetDestination().GetPrincipal())
+}
+
+func workloadLabels(a *authv3.AttributeContext) *ast.Term {
+	return labelsTerm(a.GetContextExtensions()[ExtensionWorkloadLabels])
 }
 
 // spiffeNamespace returns NS of spiffe://TD/ns/NS/sa/SA, or "".
